@@ -1,0 +1,67 @@
+"""Shared test fixtures: tiny georeferenced terrains and a papermill notebook runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def make_terrain(elevation: np.ndarray, res_m: float = 30.0, center_lonlat=(12.0, 47.2),
+                 crs: str = "EPSG:3035", region: str = "train") -> xr.DataArray:
+    """A terrain DataArray (docs/architecture.md) from a 2-D array, row 0 = north, centred on a lon/lat.
+
+    The window is snapped so pixel centres sit on a multiple of ``res_m`` plus half a pixel.
+    """
+    import rioxarray  # noqa: F401  (registers .rio)
+    from pyproj import Transformer
+
+    elevation = np.asarray(elevation, dtype=np.float32)
+    ny, nx = elevation.shape
+    cx, cy = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(*center_lonlat)
+    x0 = np.floor(cx / res_m) * res_m - (nx // 2) * res_m
+    y0 = np.floor(cy / res_m) * res_m + (ny // 2) * res_m
+    x = x0 + (np.arange(nx) + 0.5) * res_m
+    y = y0 - (np.arange(ny) + 0.5) * res_m
+    bounds = {"train": [10.0, 45.0, 15.0, 50.0], "test": [5.0, 45.0, 10.0, 50.0]}.get(region, [-180, -90, 180, 90])
+    da = xr.DataArray(elevation, dims=("y", "x"), coords={"y": y, "x": x}, name="elevation",
+                      attrs={"res_m": float(res_m), "region": region, "region_lonlat": bounds,
+                             "source": "test", "units": "m"})
+    return da.rio.write_crs(crs).rio.write_transform()
+
+
+@pytest.fixture
+def terrain_factory():
+    """Call with a 2-D elevation array (and optional res_m, center_lonlat, crs, region)."""
+    return make_terrain
+
+
+def run_notebook(name: str, out_dir: Path, parameters: dict, cwd: Path = REPO) -> Path:
+    """Execute ``notebooks/<name>.py`` (jupytext) through papermill with ``parameters``; return the .ipynb.
+
+    Runs as a subprocess exactly like the DVC stage does, so a failing cell fails the test with its log.
+    """
+    import jupytext
+    import papermill
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nb = jupytext.read(REPO / "notebooks" / f"{name}.py")
+    src = out_dir / f"{name}.src.ipynb"
+    jupytext.write(nb, src)
+    out = out_dir / f"{name}.ipynb"
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    papermill.execute_notebook(str(src), str(out), parameters=parameters, kernel_name="python3",
+                               cwd=str(cwd), progress_bar=False)
+    return out
+
+
+@pytest.fixture
+def notebook_runner():
+    return run_notebook
