@@ -1,0 +1,231 @@
+"""Flow routing on a DEM grid: depression filling, D8 receivers, flow accumulation.
+
+Arrays are 2-D ``(ny, nx)`` elevations in metres, row 0 = north; NaN cells are nodata (sea or voids).
+The grid's edge cells and the cells next to NaN are *outlets*: water leaves the grid there.
+Cells are addressed by their flat (C-order) index ``i * nx + j``.
+
+``fill_depressions`` is an exact priority-flood (Barnes et al. 2014) done on the graph of drainage basins
+rather than cell by cell, so only the basins go through a Python heap and everything else is vectorised
+numpy; it then adds a tiny epsilon gradient across every flat (Barnes' "+epsilon") so that every
+non-outlet cell of the result has a strictly lower neighbour and drains to an outlet.
+"""
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+from scipy import ndimage
+
+# (dy, dx) of the 8 neighbours; the first four are the "forward" half used to list each pair once.
+_OFFSETS = [(0, 1), (1, -1), (1, 0), (1, 1), (0, -1), (-1, 1), (-1, 0), (-1, -1)]
+
+
+def _shift(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
+    """``b[i, j] = a[i + dy, j + dx]``, ``fill`` where that falls outside the grid."""
+    ny, nx = a.shape
+    out = np.full(a.shape, fill, dtype=a.dtype)
+    out[max(0, -dy):ny - max(0, dy), max(0, -dx):nx - max(0, dx)] = \
+        a[max(0, dy):ny + min(0, dy), max(0, dx):nx + min(0, dx)]
+    return out
+
+
+def _check_dem(dem) -> np.ndarray:
+    z = np.asarray(dem, dtype=np.float64)
+    if z.ndim != 2 or min(z.shape) < 1:
+        raise ValueError(f"dem must be a 2-D (ny, nx) array, got shape {z.shape}")
+    return z
+
+
+def outlet_mask(valid: np.ndarray) -> np.ndarray:
+    """``(ny, nx)`` bool: valid cells on the grid edge or next to a nodata cell (where water leaves)."""
+    edge = np.zeros(valid.shape, dtype=bool)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    near_nodata = ndimage.binary_dilation(~valid, structure=np.ones((3, 3), bool))
+    return valid & (edge | near_nodata)
+
+
+def d8_receivers(dem: np.ndarray, res_m: float) -> np.ndarray:
+    """Flat index ``(ny * nx,)`` int64 of each cell's steepest-descent neighbour; -1 where there is none.
+
+    The drop is divided by the distance (``res_m`` or ``res_m * sqrt(2)`` for diagonals). Outlets (edge
+    cells, cells next to NaN), NaN cells and pits (no strictly lower neighbour) get -1.
+    """
+    z = _check_dem(dem)
+    if not np.isfinite(res_m) or res_m <= 0:
+        raise ValueError(f"res_m must be a positive number of metres per pixel, got {res_m!r}")
+    ny, nx = z.shape
+    valid = np.isfinite(z)
+    index = np.arange(ny * nx, dtype=np.int64).reshape(ny, nx)
+    best = np.zeros(z.shape)
+    rec = np.full(z.shape, -1, dtype=np.int64)
+    for dy, dx in _OFFSETS:
+        dist = res_m * (np.sqrt(2.0) if dy and dx else 1.0)
+        with np.errstate(invalid="ignore"):
+            slope = (z - _shift(z, dy, dx, np.nan)) / dist
+            better = slope > best  # NaN compares False
+        best[better] = slope[better]
+        rec[better] = index[better] + dy * nx + dx
+    rec[outlet_mask(valid) | ~valid] = -1
+    return rec.ravel()
+
+
+def flow_accumulation(receivers: np.ndarray, shape, weights: np.ndarray | None = None) -> np.ndarray:
+    """Number of cells (or sum of ``weights``) draining through each cell, itself included; ``shape`` float64.
+
+    ``receivers`` is the flat int64 array of :func:`d8_receivers` (-1 = none). Done in topological order
+    (Kahn): each sweep passes the finished cells' totals to their receivers, all vectorised.
+    """
+    rec = np.asarray(receivers, dtype=np.int64).ravel()
+    n = int(np.prod(shape))
+    if rec.size != n:
+        raise ValueError(f"receivers has {rec.size} cells but shape {tuple(shape)} has {n}")
+    if rec.size and (rec.max() >= n or rec.min() < -1):
+        raise ValueError("receivers must be flat indices in [0, n) or -1")
+    acc = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64).ravel().copy()
+    has = rec >= 0
+    donors = np.bincount(rec[has], minlength=n)
+    frontier = np.flatnonzero(donors == 0)
+    done = 0
+    while frontier.size:
+        done += frontier.size
+        frontier = frontier[has[frontier]]
+        to = rec[frontier]
+        np.add.at(acc, to, acc[frontier])
+        np.subtract.at(donors, to, 1)
+        to = np.unique(to)
+        frontier = to[donors[to] == 0]
+    if done != n:
+        raise ValueError("receivers contain a cycle; they must point strictly downhill")
+    return acc.reshape(shape)
+
+
+def _basin_levels(z: np.ndarray, valid: np.ndarray, outlet: np.ndarray) -> np.ndarray:
+    """Exact priority-flood fill levels ``(ny, nx)`` (no epsilon) via the graph of drainage basins."""
+    ny, nx = z.shape
+    n = ny * nx
+    rec = d8_receivers(np.where(valid, z, np.nan), 1.0)
+    rec[~valid.ravel()] = -1
+    # every cell follows its descent path to a terminal cell (outlet or pit): pointer jumping
+    root = np.where(rec >= 0, rec, np.arange(n))
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    # pits (terminals that are not outlets) grouped into flats: adjacent pits have equal elevation
+    pit = (rec.reshape(ny, nx) < 0) & valid & ~outlet
+    pit_label, n_pits = ndimage.label(pit, structure=np.ones((3, 3), bool))
+    if n_pits == 0:
+        return z.copy()
+    basin = pit_label.ravel()[root]          # 0 = drains to an outlet ("ocean"), k = pit flat k
+    basin[~valid.ravel()] = -1
+    basin2 = basin.reshape(ny, nx)
+    # spill elevation between each pair of touching basins: min over touching cell pairs of the higher cell
+    lo_list, hi_list, spill_list = [], [], []
+    for dy, dx in _OFFSETS[:4]:
+        b2 = _shift(basin2, dy, dx, -1)
+        z2 = _shift(z, dy, dx, np.nan)
+        m = (basin2 >= 0) & (b2 >= 0) & (basin2 != b2)
+        a, b = basin2[m], b2[m]
+        lo_list.append(np.minimum(a, b))
+        hi_list.append(np.maximum(a, b))
+        spill_list.append(np.maximum(z[m], z2[m]))
+    lo, hi, spill = (np.concatenate(v) for v in (lo_list, hi_list, spill_list))
+    key = lo.astype(np.int64) * (n_pits + 1) + hi
+    order = np.lexsort((spill, key))
+    key, spill = key[order], spill[order]
+    first = np.r_[True, key[1:] != key[:-1]]
+    key, spill = key[first], spill[first]     # the minimum spill of each basin pair
+    lo, hi = key // (n_pits + 1), key % (n_pits + 1)
+    # CSR adjacency, both directions
+    src = np.concatenate([lo, hi])
+    dst = np.concatenate([hi, lo])
+    w = np.concatenate([spill, spill])
+    order = np.argsort(src, kind="stable")
+    src, dst, w = src[order], dst[order], w[order]
+    start = np.searchsorted(src, np.arange(n_pits + 2))
+    dst_l, w_l, start_l = dst.tolist(), w.tolist(), start.tolist()
+    # priority flood over basins from the ocean (Dijkstra on the minimax path)
+    level = [np.inf] * (n_pits + 1)
+    done = [False] * (n_pits + 1)
+    heap = [(-np.inf, 0)]
+    level[0] = -np.inf
+    while heap:
+        lvl, b = heapq.heappop(heap)
+        if done[b]:
+            continue
+        done[b] = True
+        for e in range(start_l[b], start_l[b + 1]):
+            c = dst_l[e]
+            if not done[c]:
+                new = max(lvl, w_l[e])
+                if new < level[c]:
+                    level[c] = new
+                    heapq.heappush(heap, (new, c))
+    level_arr = np.asarray(level)
+    level_arr[~np.isfinite(level_arr)] = -np.inf  # unreachable basins (cannot happen on a grid with edges)
+    cell_level = np.where(basin >= 0, level_arr[np.maximum(basin, 0)], -np.inf).reshape(ny, nx)
+    return np.where(valid, np.maximum(z, cell_level), np.nan)
+
+
+def _has_lower_neighbour(z: np.ndarray) -> np.ndarray:
+    lower = np.zeros(z.shape, dtype=bool)
+    for dy, dx in _OFFSETS:
+        with np.errstate(invalid="ignore"):
+            lower |= _shift(z, dy, dx, np.nan) < z
+    return lower
+
+
+def _epsilon_gradient(h: np.ndarray, valid: np.ndarray, outlet: np.ndarray, epsilon_m: float) -> np.ndarray:
+    """Raise each flat cell by ``epsilon_m`` times its step distance to the flat's drained edge (BFS)."""
+    ny, nx = h.shape
+    flat = valid & ~outlet & ~_has_lower_neighbour(h)
+    if not flat.any():
+        return h
+    # seeds: drained cells (or outlets) touching a flat cell of the same elevation
+    seed = np.zeros(h.shape, dtype=bool)
+    for dy, dx in _OFFSETS:
+        seed |= _shift(flat, dy, dx, False) & (_shift(h, dy, dx, np.nan) == h)
+    seed &= valid & ~flat
+    hf, flatf = h.ravel(), flat.ravel()
+    resolved = ~flatf
+    dist = np.zeros(ny * nx)
+    frontier = np.flatnonzero(seed)
+    step = 0
+    while frontier.size:
+        step += 1
+        fi, fj = np.divmod(frontier, nx)
+        found = []
+        for dy, dx in _OFFSETS:
+            ni, nj = fi + dy, fj + dx
+            ok = (ni >= 0) & (ni < ny) & (nj >= 0) & (nj < nx)
+            nb, src = ni[ok] * nx + nj[ok], frontier[ok]
+            sel = flatf[nb] & ~resolved[nb] & (hf[nb] == hf[src])
+            found.append(nb[sel])
+        frontier = np.unique(np.concatenate(found))
+        resolved[frontier] = True
+        dist[frontier] = step
+    return h + epsilon_m * dist.reshape(ny, nx)
+
+
+def fill_depressions(dem: np.ndarray, epsilon_m: float = 1e-6, max_rounds: int = 10) -> np.ndarray:
+    """Depression-filled copy of ``dem`` ``(ny, nx)`` as float64 metres; NaN stays NaN.
+
+    Every closed depression is raised to its spill level (priority-flood, Barnes et al. 2014), and
+    flats get a gradient of ``epsilon_m`` per cell step towards their outlet, so that every valid
+    cell that is not an outlet has a strictly lower neighbour. Keep the result in float64: casting to
+    float32 would erase the epsilon gradient.
+    """
+    z = _check_dem(dem)
+    if not (np.isfinite(epsilon_m) and epsilon_m > 0):
+        raise ValueError(f"epsilon_m must be a small positive number of metres, got {epsilon_m!r}")
+    valid = np.isfinite(z)
+    outlet = outlet_mask(valid)
+    h = z
+    for _ in range(max_rounds):
+        h = _basin_levels(h, valid, outlet)
+        h = _epsilon_gradient(h, valid, outlet, epsilon_m)
+        # the epsilon ramps can (rarely) lift a flat above a neighbour that was higher by less than the ramp
+        if not (valid & ~outlet & ~_has_lower_neighbour(h)).any():
+            return h
+    raise RuntimeError(f"fill_depressions did not converge in {max_rounds} rounds; try a smaller epsilon_m")
