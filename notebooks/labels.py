@@ -1,0 +1,185 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Labels: the eight probe classes on the study terrain
+#
+# The paper probes embeddings with OpenStreetMap points. On the synthetic world (`source="derived"`) the
+# points are derived from the terrain by the documented rules of `topo2vec_lib.labels`, mimicking how OSM
+# mappers place them:
+#
+# | class | experiment | source | rule |
+# | --- | --- | --- | --- |
+# | peak | Exp 1 | derived | local maxima (not on the window edge) with topographic prominence >= `peak_prominence_m` (exact union-find sweep over ascent basins), merged within `peak_merge_m` |
+# | saddle | Exp 1 | derived | the key col of each kept peak: where its region first joins higher ground |
+# | river | Exp 1 | derived | D8 channels of the depression-filled DEM draining >= `river_min_area_km2`, a point every `line_spacing_m` along the channel |
+# | cliff | Exp 1 | derived | slope >= `cliff_min_slope_deg` over an 8-connected extent >= `cliff_min_length_m`, points `line_spacing_m` apart |
+# | waterfall | Exp 2 | derived | channel (>= `waterfall_min_area_km2`) dropping >= `waterfall_min_drop_m` within `waterfall_reach_m`; one point per steep reach, at its lip |
+# | sinkhole | Exp 2 | derived | closed depression >= `sinkhole_min_depth_m` deep, area in [`sinkhole_min_area_m2`, `sinkhole_max_area_m2`]; its lowest cell |
+# | aerialway_station | Exp 2 | derived-proxy | seeded lift lines from a gentle low cell up to a high peak/col (gain >= `aerialway_min_gain_m`, length `aerialway_min_length_m`..`aerialway_max_length_m`), stations at both ends |
+# | alpine_hut | Exp 2 | derived-proxy | seeded draws among high (>= `hut_min_elev_quantile`), gentle (<= `hut_max_slope_deg`) cells near cols or below peaks, >= `hut_spacing_m` apart |
+#
+# Human classes are **proxies**: their placement is a plausible stochastic rule, not observed data.
+
+# %% tags=["parameters"]
+source = "derived"            # derived (from the terrain); "osm" comes later
+terrain_dir = "data/terrain"
+out_dir = "data/labels"
+plots_dir = "plots"
+metrics_path = "metrics/labels.json"
+seed = 0
+# rule parameters (topo2vec_lib.labels.RULE_DEFAULTS)
+peak_prominence_m = 30.0
+peak_merge_m = 90.0
+line_spacing_m = 300.0
+river_min_area_km2 = 2.0
+cliff_min_slope_deg = 45.0
+cliff_min_length_m = 90.0
+waterfall_min_area_km2 = 0.5
+waterfall_min_drop_m = 40.0
+waterfall_reach_m = 90.0
+sinkhole_min_depth_m = 2.0
+sinkhole_min_area_m2 = 900.0
+sinkhole_max_area_m2 = 1.0e6
+aerialway_lines_per_100km2 = 10.0
+aerialway_min_gain_m = 400.0
+aerialway_min_length_m = 800.0
+aerialway_max_length_m = 4000.0
+aerialway_max_slope_deg = 15.0
+aerialway_top_quantile = 0.5
+hut_per_100km2 = 20.0
+hut_min_elev_quantile = 0.6
+hut_max_slope_deg = 20.0
+hut_near_col_m = 600.0
+hut_near_peak_m = 1500.0
+hut_below_peak_m = 100.0
+hut_spacing_m = 300.0
+# positives needed per class and region (Exp 1: 1000/200 balanced over 2 -> 500/100; Exp 2: 400/100 -> 200/50)
+min_train_exp1 = 500
+min_test_exp1 = 100
+min_train_exp2 = 200
+min_test_exp2 = 50
+cnn_train_per_class = 4000    # supervised CNN baseline wish (drawn with jitter if short; reported, not enforced)
+
+# %%
+import time
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from topo2vec_lib import labels as L
+from topo2vec_lib import terrain as T
+from topo2vec_lib.storage import atomic_path, write_json
+
+L.check_source(source)
+rules = {k: globals()[k] for k in L.RULE_DEFAULTS}
+L.rule_params(**rules)  # validates the names
+
+
+def terrain_path(region):
+    for ext in (".zarr", ".tif"):
+        p = Path(terrain_dir) / f"{region}{ext}"
+        if p.exists():
+            return p
+    raise FileNotFoundError(f"no {region}.zarr or {region}.tif in {terrain_dir}; run the terrain stage first")
+
+
+# %% [markdown]
+# ## Derive the labels of both regions
+
+# %%
+terrains, tables, seconds = {}, [], {}
+for region in ("train", "test"):
+    terrains[region] = T.open_terrain(terrain_path(region))
+    t0 = time.perf_counter()
+    df = L.derive_labels(terrains[region], seed=seed, progress=True, **rules)
+    seconds[region] = round(time.perf_counter() - t0, 2)
+    df["region"] = region
+    tables.append(df)
+labels = pd.concat(tables, ignore_index=True)
+L.write_labels(labels, out_dir)
+print({r: f"{terrains[r].shape} px, {s} s" for r, s in seconds.items()})
+
+# %% [markdown]
+# ## Counts per class and region
+
+# %%
+counts = pd.DataFrame(L.label_counts(labels)).reindex(index=list(L.CLASSES), columns=["train", "test"]).fillna(0)
+counts = counts.astype(int)
+area_km2 = {r: float(np.isfinite(terrains[r].values).sum()) * terrains[r].attrs["res_m"] ** 2 / 1e6
+            for r in terrains}
+required = {}
+for name, cls in L.CLASSES.items():
+    need = {"exp1": (min_train_exp1, min_test_exp1), "exp2": (min_train_exp2, min_test_exp2)}[cls.experiment]
+    required[name] = {"train": int(need[0]), "test": int(need[1])}
+counts["experiment"] = [L.CLASSES[c].experiment for c in counts.index]
+counts["source"] = [L.CLASSES[c].source for c in counts.index]
+counts["need_train"] = [required[c]["train"] for c in counts.index]
+counts["need_test"] = [required[c]["test"] for c in counts.index]
+for r in ("train", "test"):
+    counts[f"per_100km2_{r}"] = (counts[r] / area_km2[r] * 100).round(2)
+counts
+
+# %% [markdown]
+# ## The labels over the hillshade
+
+# %%
+colors = {"peak": "tab:blue", "saddle": "tab:green", "river": "gold", "cliff": "tab:red",
+          "aerialway_station": "black", "alpine_hut": "tab:purple", "waterfall": "cyan", "sinkhole": "tab:orange"}
+fig, axes = plt.subplots(1, 2, figsize=(16, 8))
+for ax, region in zip(axes, ("train", "test")):
+    da = terrains[region]
+    x, y = da.x.values / 1e3, da.y.values / 1e3
+    ax.imshow(T.hillshade(da), cmap="gray", extent=(x[0], x[-1], y[-1], y[0]), interpolation="nearest")
+    sub = labels[labels["region"] == region]
+    for name, color in colors.items():
+        pts = sub[sub["class"] == name]
+        px, py = T.lonlat_to_xy(da.rio.crs.to_wkt(), pts["lon"].values, pts["lat"].values)
+        ax.scatter(px / 1e3, py / 1e3, s=6, c=color, label=f"{name} ({len(pts)})", linewidths=0)
+    ax.set_title(f"{region}: {da.shape[0]}x{da.shape[1]} px at {da.attrs['res_m']:g} m")
+    ax.set_xlabel("x (km)")
+    ax.set_ylabel("y (km)")
+    ax.legend(loc="lower left", fontsize=7, markerscale=2)
+fig.tight_layout()
+with atomic_path(Path(plots_dir) / "labels_map.png") as tmp:
+    fig.savefig(tmp, format="png", dpi=110)
+
+# %% [markdown]
+# ## Metrics and the count check
+# The stage fails below when a class has fewer positives than its experiment needs in a region.
+
+# %%
+short = {}
+for region in ("train", "test"):
+    try:
+        L.check_counts(labels, {c: required[c][region] for c in L.CLASSES}, region=region)
+    except L.InsufficientLabelsError as err:
+        short[region] = str(err)
+write_json(metrics_path, {
+    "source": source,
+    "seed": seed,
+    "rules": rules,
+    "area_km2": area_km2,
+    "seconds": seconds,
+    "counts": {r: {c: int(counts.loc[c, r]) for c in L.CLASSES} for r in ("train", "test")},
+    "required": required,
+    "cnn_train_per_class": {"wanted": cnn_train_per_class,
+                            "distinct": {c: int(counts.loc[c, "train"]) for c in L.classes_of("exp1")}},
+    "short": short,
+})
+if short:
+    raise L.InsufficientLabelsError("label counts are short: " + " | ".join(short.values()))
+print("all classes have enough labels in both regions")
