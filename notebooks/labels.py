@@ -31,44 +31,55 @@
 # Human classes are **proxies**: their placement is a plausible stochastic rule, not observed data.
 
 # %% tags=["parameters"]
-source = "derived"            # derived (from the terrain); "osm" comes later
+params_path = "params.yaml"   # parameters left at None are read from its `labels` section (and `seed`)
+source = None            # derived (from the terrain); "osm" comes later
 terrain_dir = "data/terrain"
 out_dir = "data/labels"
 plots_dir = "plots"
 metrics_path = "metrics/labels.json"
-seed = 0
+seed = None
 # rule parameters (topo2vec_lib.labels.RULE_DEFAULTS)
-peak_prominence_m = 30.0
-peak_merge_m = 90.0
-line_spacing_m = 300.0
-river_min_area_km2 = 2.0
-cliff_min_slope_deg = 45.0
-cliff_min_length_m = 90.0
-waterfall_min_area_km2 = 0.5
-waterfall_min_drop_m = 40.0
-waterfall_reach_m = 90.0
-sinkhole_min_depth_m = 2.0
-sinkhole_min_area_m2 = 900.0
-sinkhole_max_area_m2 = 1.0e6
-aerialway_lines_per_100km2 = 10.0
-aerialway_min_gain_m = 400.0
-aerialway_min_length_m = 800.0
-aerialway_max_length_m = 4000.0
-aerialway_max_slope_deg = 15.0
-aerialway_top_quantile = 0.5
-hut_per_100km2 = 20.0
-hut_min_elev_quantile = 0.6
-hut_max_slope_deg = 20.0
-hut_near_col_m = 600.0
-hut_near_peak_m = 1500.0
-hut_below_peak_m = 100.0
-hut_spacing_m = 300.0
+peak_prominence_m = None
+peak_merge_m = None
+line_spacing_m = None
+river_min_area_km2 = None
+cliff_min_slope_deg = None
+cliff_min_length_m = None
+waterfall_min_area_km2 = None
+waterfall_min_drop_m = None
+waterfall_reach_m = None
+sinkhole_min_depth_m = None
+sinkhole_min_area_m2 = None
+sinkhole_max_area_m2 = None
+aerialway_lines_per_100km2 = None
+aerialway_min_gain_m = None
+aerialway_min_length_m = None
+aerialway_max_length_m = None
+aerialway_max_slope_deg = None
+aerialway_top_quantile = None
+hut_per_100km2 = None
+hut_min_elev_quantile = None
+hut_max_slope_deg = None
+hut_near_col_m = None
+hut_near_peak_m = None
+hut_below_peak_m = None
+hut_spacing_m = None
 # positives needed per class and region (Exp 1: 1000/200 balanced over 2 -> 500/100; Exp 2: 400/100 -> 200/50)
-min_train_exp1 = 500
-min_test_exp1 = 100
-min_train_exp2 = 200
-min_test_exp2 = 50
-cnn_train_per_class = 4000    # supervised CNN baseline wish (drawn with jitter if short; reported, not enforced)
+min_train_exp1 = None
+min_test_exp1 = None
+min_train_exp2 = None
+min_test_exp2 = None
+cnn_train_per_class = None    # supervised CNN baseline wish (drawn with jitter if short; reported, not enforced)
+
+
+# %%
+from topo2vec_lib.storage import fill_from_params
+
+from topo2vec_lib.labels import RULE_DEFAULTS
+
+fill_from_params(globals(), params_path, "labels", dict(
+    source="derived", seed=0, **RULE_DEFAULTS, min_train_exp1=500, min_test_exp1=100, min_train_exp2=200,
+    min_test_exp2=50, cnn_train_per_class=4000))
 
 # %%
 import time
@@ -89,21 +100,13 @@ rules = {k: globals()[k] for k in L.RULE_DEFAULTS}
 L.rule_params(**rules)  # validates the names
 
 
-def terrain_path(region):
-    for ext in (".zarr", ".tif"):
-        p = Path(terrain_dir) / f"{region}{ext}"
-        if p.exists():
-            return p
-    raise FileNotFoundError(f"no {region}.zarr or {region}.tif in {terrain_dir}; run the terrain stage first")
-
-
 # %% [markdown]
 # ## Derive the labels of both regions
 
 # %%
 terrains, tables, seconds = {}, [], {}
 for region in ("train", "test"):
-    terrains[region] = T.open_terrain(terrain_path(region))
+    terrains[region] = T.open_region(terrain_dir, region)
     t0 = time.perf_counter()
     df = L.derive_labels(terrains[region], seed=seed, progress=True, **rules)
     seconds[region] = round(time.perf_counter() - t0, 2)

@@ -57,8 +57,8 @@ from topo2vec_lib import paper
 from topo2vec_lib.embedders import load_embedder
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.storage import atomic_path, load_params, read_json, write_json
-from topo2vec_lib.terrain import open_terrain
+from topo2vec_lib.storage import fill_from_params, atomic_path, load_params, read_json, write_json
+from topo2vec_lib.terrain import open_region
 
 if experiment not in paper.SIZES:
     raise ValueError(f"unknown experiment {experiment!r}; valid: {sorted(paper.SIZES)}")
@@ -66,28 +66,16 @@ DEFAULTS = {"classes": list(next(iter(paper.TABLES[experiment].values()))),
             "n_train": paper.SIZES[experiment][0], "n_test": paper.SIZES[experiment][1], "seeds": 10,
             "models": list(paper.MODELS), "res_m": 30.0,
             "min_neg_distance_m": ev.DEFAULT_MIN_NEG_DISTANCE_M, "svm_C": list(ev.DEFAULT_C_GRID), "seed": 0}
-study = load_params(params_path) if Path(params_path).exists() else {}
-section = study.get(experiment, {}) or {}
-for key, default in DEFAULTS.items():
-    if globals()[key] is None:
-        globals()[key] = study.get("seed", default) if key == "seed" else section.get(key, default)
+fill_from_params(globals(), params_path, experiment, DEFAULTS)
 metrics_path = metrics_path or f"metrics/{experiment}.json"
 print({k: globals()[k] for k in DEFAULTS})
-
-
-def terrain_path(region):
-    for ext in (".zarr", ".tif"):
-        p = Path(terrain_dir) / f"{region}{ext}"
-        if p.exists():
-            return p
-    raise FileNotFoundError(f"no {region}.zarr or {region}.tif in {terrain_dir}; run the terrain stage first")
 
 
 # %% [markdown]
 # ## Terrain, labels, probe scale and models
 
 # %%
-samplers = {region: PatchSampler(open_terrain(terrain_path(region))) for region in ("train", "test")}
+samplers = {region: PatchSampler(open_region(terrain_dir, region)) for region in ("train", "test")}
 labels = read_labels(labels_dir, classes)
 if res_m == "selected":
     best = read_json(scale_selection_path)["best_scale_m"]

@@ -54,33 +54,21 @@ import matplotlib.pyplot as plt
 from topo2vec_lib import evaluation as ev
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.storage import atomic_path, load_params, write_json
-from topo2vec_lib.terrain import open_terrain
+from topo2vec_lib.storage import fill_from_params, atomic_path, load_params, write_json
+from topo2vec_lib.terrain import open_region
 
 DEFAULTS = {"classes": ["peak", "river", "cliff", "saddle"], "scales_m": [10, 20, 30, 45, 60, 90, 120],
             "n": 1000, "seeds": 10, "epochs": 10, "lr": 3e-3,
             "min_neg_distance_m": ev.DEFAULT_MIN_NEG_DISTANCE_M, "seed": 0}
-study = load_params(params_path) if Path(params_path).exists() else {}
-section = study.get("scale_selection", {}) or {}
-for key, default in DEFAULTS.items():
-    if globals()[key] is None:
-        globals()[key] = study.get("seed", default) if key == "seed" else section.get(key, default)
+fill_from_params(globals(), params_path, "scale_selection", DEFAULTS)
 print({k: globals()[k] for k in DEFAULTS})
-
-
-def terrain_path(region):
-    for ext in (".zarr", ".tif"):
-        p = Path(terrain_dir) / f"{region}{ext}"
-        if p.exists():
-            return p
-    raise FileNotFoundError(f"no {region}.zarr or {region}.tif in {terrain_dir}; run the terrain stage first")
 
 
 # %% [markdown]
 # ## Terrain, labels and the scales we can sample
 
 # %%
-sampler = PatchSampler(open_terrain(terrain_path("train")))
+sampler = PatchSampler(open_region(terrain_dir, "train"))
 labels = read_labels(labels_dir, classes)
 native_m = sampler.res_m
 usable = [float(s) for s in scales_m if s >= native_m or ev.supports_upsampling(sampler)]

@@ -27,17 +27,26 @@
 # (elevation range, slope distribution, roughness vs scale) and `metrics/terrain.json`.
 
 # %% tags=["parameters"]
-source = "synthetic"         # synthetic | geotiff | copernicus
-crs = "EPSG:3035"            # metric study CRS
-res_m = 30                   # native pixel size (m)
-size_km = 36                 # side of each region's square window (km)
-train_center = [12.0, 47.2]  # lon, lat inside the train polygon
-test_center = [7.6, 46.6]    # lon, lat inside the test polygon
-geotiff_path = ""            # source=geotiff: a local GeoTIFF/VRT
-seed = 0
+params_path = "params.yaml"  # parameters left at None are read from its `data` section (and `seed`)
+source = None                # synthetic | geotiff | copernicus
+crs = None                   # metric study CRS
+res_m = None                 # native pixel size (m)
+size_km = None               # side of each region's square window (km)
+train_center = None          # lon, lat inside the train polygon
+test_center = None           # lon, lat inside the test polygon
+geotiff_path = None          # source=geotiff: a local GeoTIFF/VRT
+raw_dir = None               # download cache of real data (source=copernicus)
+seed = None
 out_dir = "data/terrain"
 plots_dir = "plots"
 metrics_path = "metrics/terrain.json"
+
+# %%
+from topo2vec_lib.storage import fill_from_params
+
+fill_from_params(globals(), params_path, "data", dict(
+    source="synthetic", crs="EPSG:3035", res_m=30, size_km=36, train_center=[12.0, 47.2], test_center=[7.6, 46.6],
+    geotiff_path="", raw_dir="data/raw", seed=0))
 
 # %%
 import time
@@ -55,7 +64,7 @@ terrains, seconds = {}, {}
 for region, center in centers.items():
     t0 = time.perf_counter()
     terrains[region] = load_terrain(source, region, center_lonlat=center, size_km=size_km, res_m=res_m, crs=crs,
-                                    seed=seed, geotiff_path=geotiff_path or None)
+                                    seed=seed, geotiff_path=geotiff_path or None, cache_dir=raw_dir)
     seconds[region] = time.perf_counter() - t0
     path = save_terrain(terrains[region], Path(out_dir) / f"{region}.zarr")
     da = terrains[region]

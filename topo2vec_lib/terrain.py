@@ -9,6 +9,7 @@ attrs ``res_m``, ``region``, ``region_lonlat``, ``source``. Sources: ``synthetic
 from __future__ import annotations
 
 import functools
+import os
 import json
 import math
 from pathlib import Path
@@ -337,3 +338,12 @@ def hillshade(da, azimuth: float = 315.0, altitude: float = 45.0, res_m: float |
     norm = np.sqrt(dz_east ** 2 + dz_north ** 2 + 1.0)
     shade = (-dz_east * light[0] - dz_north * light[1] + light[2]) / norm
     return np.clip(shade, 0.0, 1.0)
+
+
+def open_region(terrain_dir: str | os.PathLike, region: str, chunks=None) -> xr.DataArray:
+    """Open the terrain stage's output for ``region`` (``<terrain_dir>/<region>.zarr`` or ``.tif``)."""
+    for ext in (".zarr", ".tif"):
+        path = Path(terrain_dir) / f"{region}{ext}"
+        if path.exists():
+            return open_terrain(path, chunks=chunks)
+    raise FileNotFoundError(f"no {region}.zarr or {region}.tif in {terrain_dir}; run the terrain stage first")
