@@ -57,32 +57,20 @@ from topo2vec_lib.embedders import load_embedder
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.regional import embed_region
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.storage import load_params, write_json
-from topo2vec_lib.terrain import open_terrain
+from topo2vec_lib.storage import fill_from_params, write_json
+from topo2vec_lib.terrain import open_region
 
 DEFAULTS = {"classes": ["peak", "saddle", "river", "cliff"], "box_km": 6.0, "scales_m": [10, 30, 60],
             "stride_m": 60.0, "n_train": 1000, "upsample_finer": True, "seed": 0}
-study = load_params(params_path) if Path(params_path).exists() else {}
-section = study.get("exp3", {}) or {}
-for key, default in DEFAULTS.items():
-    if globals()[key] is None:
-        globals()[key] = study.get("seed", default) if key == "seed" else section.get(key, default)
+fill_from_params(globals(), params_path, "exp3", DEFAULTS)
 print({k: globals()[k] for k in DEFAULTS}, "model:", model)
-
-
-def terrain_path(region):
-    for ext in (".zarr", ".tif"):
-        p = Path(terrain_dir) / f"{region}{ext}"
-        if p.exists():
-            return p
-    raise FileNotFoundError(f"no {region}.zarr or {region}.tif in {terrain_dir}; run the terrain stage first")
 
 
 # %% [markdown]
 # ## Terrain, labels, model, box
 
 # %%
-terrains = {region: open_terrain(terrain_path(region)).load() for region in ("train", "test")}
+terrains = {region: open_region(terrain_dir, region).load() for region in ("train", "test")}
 native_m = float(terrains["test"].attrs["res_m"])
 crs = terrains["test"].rio.crs
 labels = read_labels(labels_dir, classes)

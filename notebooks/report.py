@@ -37,14 +37,14 @@ sections = [
             "Peaks, saddles, rivers, cliffs, waterfalls and sinkholes by documented terrain rules; aerialway stations and alpine huts "
             "are stochastic proxies.", figures=["plots/labels_map.png"], metrics=["metrics/labels.json"]),
     Section("Training", "Loss curves and reconstructions of held-out test-region places.",
-            figures=["plots/loss_curves.png"] + [f"plots/reconstructions_{m}.png" for m in T2V],
+            figures=["reports/loss_curves.png"] + [f"plots/train/{m}/reconstructions_{m}.png" for m in T2V],
             metrics=[f"metrics/train_{m}.json" for m in models]),
     Section("Scale selection (paper Fig. 4)", figures=["plots/scale_selection.png"],
             metrics=["metrics/scale_selection.json"]),
     Section("Exp 1: topographic classes (paper Table 1)", "Our mean &plusmn; std over 10 seeds beside the paper's value.",
-            tables=["reports/tables/exp1.html"]),
+            tables=["reports/tables/exp1/exp1.html"]),
     Section("Exp 2: topography-correlated classes (paper Table 2)", "Our mean &plusmn; std over 10 seeds beside the paper's value.",
-            tables=["reports/tables/exp2.html"]),
+            tables=["reports/tables/exp2/exp2.html"]),
     Section("Exp 3: multi-scale classification maps (paper Fig. 5)", figures=["plots/multiscale_maps.png"],
             metrics=["metrics/exp3.json"], links=[("interactive map (folium)", "reports/maps/multiscale.html")]),
     Section("Exp 4: terrain retrieval (paper Fig. 6)", figures=["plots/retrieval.png"], metrics=["metrics/exp4.json"],
@@ -55,14 +55,14 @@ sections = [
 import matplotlib.pyplot as plt
 import pandas as pd
 
-curves = {m: pd.read_csv(p) for m in models if (p := Path(root, f"plots/loss_{m}.csv")).exists()}
+curves = {m: pd.read_csv(p) for m in models if (p := Path(root, f"plots/train/{m}/loss_{m}.csv")).exists()}
 if curves:
     fig, ax = plt.subplots(figsize=(7, 4))
     for m, df in curves.items():
         y = next((c for c in ("loss", "loss_l1", "train_loss") if c in df.columns), df.columns[-1])
         ax.plot(df["images_seen"] if "images_seen" in df.columns else df.index, df[y], label=f"{m} ({y})")
     ax.set_xlabel("training images seen"); ax.set_ylabel("loss"); ax.set_yscale("log"); ax.legend(fontsize=8)
-    fig.tight_layout(); fig.savefig(Path(root, "plots/loss_curves.png"), dpi=110); plt.show()
+    fig.tight_layout(); fig.savefig(Path(root, "reports/loss_curves.png"), dpi=110); plt.show()
 
 # %%
 path = build_report(sections, root, Path(root, out_path))

@@ -62,28 +62,16 @@ from topo2vec_lib.embedders import load_embedder
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.regional import embed_region, embed_xy
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.storage import load_params, write_json
-from topo2vec_lib.terrain import open_terrain
+from topo2vec_lib.storage import fill_from_params, write_json
+from topo2vec_lib.terrain import open_region
 
 DEFAULTS = {"baselines": [m for m in paper.MODELS if m != model], "query_class": "peak",
             "n_queries": 5, "k": 20, "res_m": 30.0, "stride_m": 90.0, "classes": ["peak", "saddle", "river", "cliff"],
             "per_class": 200, "n_random": 800, "pk_queries": 5, "pk_k": 10, "repeats": 20, "seed": 0}
-study = load_params(params_path) if Path(params_path).exists() else {}
-section = study.get("exp4", {}) or {}
-for key, default in DEFAULTS.items():
-    if globals()[key] is None:
-        globals()[key] = study.get("seed", default) if key == "seed" else section.get(key, default)
+fill_from_params(globals(), params_path, "exp4", DEFAULTS)
 res_m = float(res_m)
 exclude_radius_m = 17 * res_m / 2 if exclude_radius_m is None else float(exclude_radius_m)
 print({key: globals()[key] for key in DEFAULTS}, "model:", model)
-
-
-def terrain_path(region):
-    for ext in (".zarr", ".tif"):
-        p = Path(terrain_dir) / f"{region}{ext}"
-        if p.exists():
-            return p
-    raise FileNotFoundError(f"no {region}.zarr or {region}.tif in {terrain_dir}; run the terrain stage first")
 
 
 def load(name):
@@ -94,7 +82,7 @@ def load(name):
 
 
 # %%
-terrain = open_terrain(terrain_path("test")).load()
+terrain = open_region(terrain_dir, "test").load()
 crs = terrain.rio.crs
 sampler = PatchSampler(terrain)
 labels = read_labels(labels_dir)

@@ -1,0 +1,194 @@
+"""Region-wide embeddings: every place of a regular grid, embedded block by block with Dask, to chunked zarr.
+
+The grid is laid in the terrain's metric CRS (metres, x west->east, y north->south). Each Dask block of
+``chunk x chunk`` places samples its own patches from a :class:`~topo2vec_lib.sampler.PatchSampler` and embeds
+them, so memory stays bounded by one block (times the number of workers) whatever the region size, and the same
+graph runs on the threaded scheduler or on a ``dask.distributed`` cluster (the sampler and the embedder enter
+the graph once, as delayed objects). Places whose patch leaves the terrain or touches nodata get NaN vectors.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from topo2vec_lib.sampler import PatchSampler, normalize
+from topo2vec_lib.storage import atomic_path
+
+
+def as_sampler(terrain_or_sampler) -> PatchSampler:
+    """A :class:`PatchSampler` for a terrain DataArray, or the sampler itself."""
+    if isinstance(terrain_or_sampler, PatchSampler):
+        return terrain_or_sampler
+    if isinstance(terrain_or_sampler, xr.DataArray):
+        return PatchSampler(terrain_or_sampler)
+    raise ValueError(f"expected a terrain xarray.DataArray or a PatchSampler, got {type(terrain_or_sampler).__name__}")
+
+
+def lonlat_box_to_xy(crs, box_lonlat, densify: int = 21) -> tuple[float, float, float, float]:
+    """Bounding box ``(left, bottom, right, top)`` in metres of ``crs`` of a lon/lat box
+    ``[lon_min, lat_min, lon_max, lat_max]`` (degrees; its edges are densified, so curved edges are covered)."""
+    from pyproj import Transformer
+
+    lon0, lat0, lon1, lat1 = _check_box(box_lonlat)
+    t = np.linspace(0.0, 1.0, densify)
+    up_lon, up_lat = lon0 + (lon1 - lon0) * t, lat0 + (lat1 - lat0) * t
+    lon = np.concatenate([up_lon, np.full_like(t, lon1), up_lon[::-1], np.full_like(t, lon0)])
+    lat = np.concatenate([np.full_like(t, lat0), up_lat, np.full_like(t, lat1), up_lat[::-1]])
+    x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
+    return float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y))
+
+
+def _check_box(box_lonlat) -> tuple[float, float, float, float]:
+    try:
+        lon0, lat0, lon1, lat1 = (float(v) for v in box_lonlat)
+    except (TypeError, ValueError):
+        raise ValueError(f"box {box_lonlat!r} must be [lon_min, lat_min, lon_max, lat_max] in degrees") from None
+    if not (-180 <= lon0 < lon1 <= 180 and -90 <= lat0 < lat1 <= 90):
+        raise ValueError(f"box {box_lonlat!r} must be [lon_min, lat_min, lon_max, lat_max] with lon_min < lon_max "
+                         f"in [-180, 180] and lat_min < lat_max in [-90, 90] (lon/lat order)")
+    return lon0, lat0, lon1, lat1
+
+
+def grid_xy(bounds_xy, stride_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Place centres ``x (nx,)`` increasing and ``y (ny,)`` decreasing (metres), ``stride_m`` apart, centred
+    in ``bounds_xy = (left, bottom, right, top)``. ValueError if the box is empty or holds no place."""
+    try:
+        left, bottom, right, top = (float(v) for v in bounds_xy)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds_xy {bounds_xy!r} must be (left, bottom, right, top) in metres") from None
+    stride_m = float(stride_m)
+    if not (np.isfinite(stride_m) and stride_m > 0):
+        raise ValueError(f"stride_m = {stride_m!r} must be a positive number of metres")
+    if not (right > left and top > bottom):
+        raise ValueError(f"bounds_xy {bounds_xy!r} is empty: need left < right and bottom < top (metres)")
+    nx = int(math.floor((right - left) / stride_m + 1e-9))
+    ny = int(math.floor((top - bottom) / stride_m + 1e-9))
+    if nx < 1 or ny < 1:
+        raise ValueError(f"bounds_xy {bounds_xy!r} ({right - left:g} x {top - bottom:g} m) holds no place at "
+                         f"stride_m = {stride_m:g}; use a smaller stride or a bigger box")
+    x0 = left + (right - left - (nx - 1) * stride_m) / 2
+    y0 = top - (top - bottom - (ny - 1) * stride_m) / 2
+    return x0 + stride_m * np.arange(nx), y0 - stride_m * np.arange(ny)
+
+
+def _uses_default_embed(embedder) -> bool:
+    """True when ``embedder.embed`` is the shared sample -> normalise -> embed_patches path (contract)."""
+    try:
+        from topo2vec_lib.embedders import Embedder
+    except ImportError:
+        return not hasattr(embedder, "embed")
+    return getattr(type(embedder), "embed", None) is Embedder.embed or not hasattr(embedder, "embed")
+
+
+def embed_xy(embedder, sampler: PatchSampler, x, y, res_m: float, size: int = 17,
+             batch_size: int = 4096) -> np.ndarray:
+    """Embeddings ``(N, D)`` float32 of places x, y (metres in the sampler's CRS) at ``res_m`` m/px.
+
+    Rows of places whose ``size`` px patch leaves the terrain or touches nodata are NaN (no error).
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    out = np.full((x.size, int(embedder.dim)), np.nan, dtype=np.float32)
+    # the sampler's own footprint rule (with its edge tolerance), so no place it accepts is dropped here
+    inside = np.flatnonzero(sampler._inside_xy(x, y, float(res_m), int(size)))
+    default = _uses_default_embed(embedder)
+    # an embedder with its own embed() (e.g. geomorphometry) may sample more scales: check them all
+    extra = [] if default or not hasattr(embedder, "scales_for") else \
+        [float(r) for r in embedder.scales_for(res_m) if abs(float(r) - float(res_m)) > 1e-9]
+    for start in range(0, inside.size, batch_size):
+        idx = inside[start:start + batch_size]
+        raw = sampler.patches_xy(x[idx], y[idx], res_m, size, allow_nodata=True)
+        ok = ~np.isnan(raw).any(axis=(1, 2))
+        for r in extra:
+            ok &= sampler.valid_xy(x[idx], y[idx], r, size)
+        idx, raw = idx[ok], raw[ok]
+        if idx.size == 0:
+            continue
+        if default:
+            floor_m = getattr(embedder, "min_range_m", 1.0)     # as Embedder.embed normalises
+            vec = embedder.embed_patches(normalize(raw, min_range_m=floor_m)[:, None])
+        else:   # give it lon/lat, it samples what it needs
+            lon, lat = sampler.to_lonlat(x[idx], y[idx])
+            vec = embedder.embed(sampler, lon, lat, res_m)
+        out[idx] = np.asarray(vec, dtype=np.float32).reshape(idx.size, -1)
+    return out
+
+
+def _embed_block(yy: np.ndarray, xx: np.ndarray, *, embedder, sampler, res_m, size, batch_size) -> np.ndarray:
+    vec = embed_xy(embedder, sampler, xx, yy, res_m, size, batch_size)
+    return vec.reshape(yy.shape + (vec.shape[1],))
+
+
+@functools.lru_cache(maxsize=8)
+def _to_lonlat(crs_wkt: str):
+    from pyproj import Transformer
+
+    return Transformer.from_crs(crs_wkt, "EPSG:4326", always_xy=True)
+
+
+def _lonlat_block(yy: np.ndarray, xx: np.ndarray, *, crs_wkt: str, which: int) -> np.ndarray:
+    lon, lat = _to_lonlat(crs_wkt).transform(xx, yy)
+    return np.asarray((lon, lat)[which], dtype=np.float64)
+
+
+def embed_region(embedder, terrain, res_m: float, stride_m: float, bounds_xy=None, *, chunk: int = 64,
+                 size: int = 17, batch_size: int = 4096, path: str | os.PathLike | None = None) -> xr.Dataset:
+    """Embed every place of a regular grid at ``res_m`` m/px, block by block with Dask.
+
+    ``terrain``: terrain DataArray or PatchSampler; ``bounds_xy``: (left, bottom, right, top) metres in the
+    terrain CRS (default: the whole terrain); ``stride_m``: grid spacing in metres; ``chunk``: places per block
+    side (a block holds ``chunk**2`` patches of ``size x size`` float32 at a time).
+
+    Returns a Dataset with ``embedding (y, x, feature)`` float32 (NaN where the patch leaves the terrain or
+    touches nodata), coords ``x (nx,)``, ``y (ny,)`` (metres, pixel centres), ``lon``/``lat (y, x)`` (degrees)
+    and attrs ``res_m``, ``stride_m``, ``size``, ``crs_wkt``, ``embedder``. Without ``path`` it is lazy
+    (Dask-backed; call ``.compute()`` or ``.to_zarr``); with ``path`` it is written to a chunked zarr store
+    atomically and returned opened from there. Runs on whatever Dask scheduler is active (e.g. a
+    ``dask.distributed.Client``).
+    """
+    sampler = as_sampler(terrain)
+    res_m = float(sampler._check_res(res_m))
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk = {chunk!r} must be a positive integer number of places per block side")
+    if not hasattr(embedder, "dim") or not hasattr(embedder, "embed_patches"):
+        raise ValueError(f"embedder {embedder!r} must have .dim and .embed_patches (topo2vec_lib.embedders.Embedder)")
+    x, y = grid_xy(sampler.bounds_xy if bounds_xy is None else bounds_xy, stride_m)
+    dim = int(embedder.dim)
+    yy, xx = da.meshgrid(da.from_array(y, chunks=chunk), da.from_array(x, chunks=chunk), indexing="ij")
+    emb = da.map_blocks(_embed_block, yy, xx, dtype=np.float32, new_axis=2,
+                        chunks=yy.chunks + ((dim,),), name=f"embed-{getattr(embedder, 'name', 'embedder')}",
+                        embedder=dask.delayed(embedder, pure=True), sampler=dask.delayed(sampler, pure=True),
+                        res_m=res_m, size=int(size), batch_size=int(batch_size))
+    wkt = sampler.crs.to_wkt()
+    lon = da.map_blocks(_lonlat_block, yy, xx, dtype=np.float64, crs_wkt=wkt, which=0)
+    lat = da.map_blocks(_lonlat_block, yy, xx, dtype=np.float64, crs_wkt=wkt, which=1)
+    ds = xr.Dataset(
+        {"embedding": (("y", "x", "feature"), emb)},
+        coords={"y": y, "x": x, "feature": np.arange(dim), "lon": (("y", "x"), lon), "lat": (("y", "x"), lat)},
+        attrs={"res_m": res_m, "stride_m": float(stride_m), "size": int(size), "crs_wkt": wkt,
+               "embedder": str(getattr(embedder, "name", type(embedder).__name__)),
+               "region": str(sampler.region)})
+    ds["embedding"].attrs["description"] = "embedding of the size x size patch at res_m m/px; NaN: no valid patch"
+    if path is None:
+        return ds
+    with atomic_path(path, is_dir=True) as tmp:
+        ds.to_zarr(tmp, mode="w", consolidated=False)
+    return open_region_embedding(path)
+
+
+def open_region_embedding(path: str | os.PathLike) -> xr.Dataset:
+    """Open a region embedding written by :func:`embed_region` (lazy, Dask-backed)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"region embedding store {path} does not exist (write it with embed_region(path=...))")
+    return xr.open_zarr(path, consolidated=False)
+
+
+def valid_mask(ds: xr.Dataset) -> xr.DataArray:
+    """``(y, x)`` bool: places with a finite embedding."""
+    return ds["embedding"].notnull().all("feature")
