@@ -105,3 +105,65 @@ def test_flow_accumulation_weights_and_bad_input():
         d8_receivers(np.zeros((3, 3)), 0.0)
     with pytest.raises(ValueError, match="2-D"):
         fill_depressions(np.zeros(5))
+
+
+def _lake_with_one_ulp_rim(level_m, dtype, size=24):
+    """A flat lake at ``level_m`` (stored as ``dtype``) draining west through one edge cell, whose shore is
+    one ``dtype`` ulp above the lake and drains only into it, inside a 50 m higher wall."""
+    lake = np.asarray(level_m, dtype=dtype)
+    dem = np.full((size, size), lake + dtype(50.0), dtype=dtype)
+    dem[2:-2, 2:-2] = np.nextafter(lake, dtype(np.inf))  # the shore: one ulp above the lake
+    dem[3:-3, 3:-3] = lake                                 # the lake floor, flat
+    dem[size // 2, 0:3] = lake                             # its outlet on the west edge
+    return dem
+
+
+def _terraced_lake(level_m, size=120, rings=40):
+    """float32 flat lake at ``level_m`` inside ``rings`` concentric terraces, each one float32 ulp above the
+    one inside it (so each drains only inwards), inside a 50 m wall; a channel drains it to the west edge."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    c = (size - 1) / 2
+    r = np.maximum(np.abs(yy - c), np.abs(xx - c))  # Chebyshev radius from the centre
+    ring = np.clip(np.ceil(r - (c - rings - 1)), 0, rings + 1).astype(np.int32)  # 0 = lake, rings + 1 = wall
+    dem = (np.float32(level_m).view(np.int32) + ring).view(np.float32)
+    dem[ring == rings + 1] = np.float32(level_m + 50.0)
+    dem[size // 2, :rings + 3] = np.float32(level_m)
+    return dem
+
+
+def test_fill_drains_float32_terraces_one_ulp_apart():
+    # Regression: a fixed 1e-6 m ramp over the ~40-cell-wide lake rises above the first float32 terrace
+    # (one ulp, 7.6e-6 m at 100 m), which becomes a pit, is filled and ramped again, and so on outwards:
+    # the old round-based fill raised "did not converge in 10 rounds".
+    dem = _terraced_lake(100.0)
+    for eps in (1e-6, None, 1e-3):  # 1e-6 (the old default) first
+        h = fill_depressions(dem, epsilon_m=eps)
+        assert h.dtype == np.float64
+        assert (h >= dem).all()
+        assert _drains_everywhere(h)
+        assert np.abs(h - dem).max() < 1e-3  # ramps only: nothing here needed filling
+    # the default ramp is whole float64 ulps: every cell keeps its float32 value when cast back
+    assert np.array_equal(fill_depressions(dem).astype(np.float32), dem)
+
+
+def test_fill_drains_float64_ties_within_ulps():
+    # A float64 shore one ulp above a long flat: the 1-ulp ramp cannot fit, the exact fallback must drain it.
+    dem = _lake_with_one_ulp_rim(8848.0, np.float64)
+    h = fill_depressions(dem)
+    assert (h >= dem).all()
+    assert _drains_everywhere(h)
+    assert np.abs(h - dem).max() < 1e-9  # a few hundred ulps of 1.8e-12 m at most
+    acc = flow_accumulation(d8_receivers(h, 1.0), h.shape)  # acyclic: every cell reaches an outlet
+    assert acc[h.shape[0] // 2, 0] > 0.5 * 20 * 20
+
+
+def test_fill_all_equal_grid_and_negative_elevations():
+    for level in (0.0, -12.5, 9000.0):
+        dem = np.full((9, 11), level)
+        h = fill_depressions(dem)
+        assert _drains_everywhere(h) and (h >= dem).all()
+        assert np.abs(h - dem).max() < 1e-9
+        interior = d8_receivers(h, 30.0).reshape(h.shape)[1:-1, 1:-1]
+        assert (interior >= 0).all()  # one-ulp drops at 0 m are subnormal: they must not underflow
+    with pytest.raises(ValueError, match="epsilon_m"):
+        fill_depressions(np.zeros((3, 3)), epsilon_m=-1.0)

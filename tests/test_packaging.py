@@ -18,8 +18,9 @@ def test_environment_yml_mirrors_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     pip_reqs = dict(_req(s) for s in project["dependencies"] + project["optional-dependencies"]["dev"])
     env = yaml.safe_load((REPO / "environment.yml").read_text())
-    conda_reqs = dict(_req(s.split("#")[0]) for s in env["dependencies"] if isinstance(s, str)
-                      and not s.startswith(("python=", "pip")))
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    conda_reqs = dict(_req(s.split("#")[0]) for s in env["dependencies"] + pip_section if isinstance(s, str)
+                      and not s.startswith(("python=", "pip", "-e")))
     for name, spec in pip_reqs.items():
         conda = CONDA_NAMES.get(name, name)
         assert conda in conda_reqs, f"{name} is in pyproject.toml but not in environment.yml"

@@ -6,8 +6,8 @@ Cells are addressed by their flat (C-order) index ``i * nx + j``.
 
 ``fill_depressions`` is an exact priority-flood (Barnes et al. 2014) done on the graph of drainage basins
 rather than cell by cell, so only the basins go through a Python heap and everything else is vectorised
-numpy; it then adds a tiny epsilon gradient across every flat (Barnes' "+epsilon") so that every
-non-outlet cell of the result has a strictly lower neighbour and drains to an outlet.
+numpy; it then ramps every flat up by whole float64 ulps (``np.nextafter`` steps, Barnes' "+epsilon" done
+exactly) so that every non-outlet cell of the result has a strictly lower neighbour and drains to an outlet.
 """
 from __future__ import annotations
 
@@ -80,9 +80,11 @@ def d8_receivers(dem: np.ndarray, res_m: float) -> np.ndarray:
     best = np.zeros(z.shape)
     rec = np.full(z.shape, -1, dtype=np.int64)
     for dy, dx, nb in _padded_views(z, np.nan):
-        dist = res_m * (np.sqrt(2.0) if dy and dx else 1.0)
+        # drop per pixel of run; the common factor 1 / res_m is left out so that one-ulp drops on flats
+        # near 0 m (subnormal numbers) cannot underflow to 0
+        per_px = np.sqrt(0.5) if dy and dx else 1.0
         with np.errstate(invalid="ignore"):
-            slope = (z - nb) / dist
+            slope = (z - nb) * per_px
             better = slope > best  # NaN compares False
         np.copyto(best, slope, where=better)
         np.copyto(rec, index + (dy * nx + dx), where=better)
@@ -207,12 +209,30 @@ def _has_lower_neighbour(z: np.ndarray) -> np.ndarray:
     return lower
 
 
-def _epsilon_gradient(h: np.ndarray, valid: np.ndarray, outlet: np.ndarray, epsilon_m: float) -> np.ndarray:
-    """Raise each flat cell by ``epsilon_m`` times its step distance to the flat's drained edge (BFS)."""
+def _to_ordinal(x: np.ndarray) -> np.ndarray:
+    """float64 -> int64 keeping the order, consecutive floats 1 apart (``+1`` = ``np.nextafter(x, inf)``)."""
+    i = np.ascontiguousarray(x, dtype=np.float64).view(np.int64)
+    return np.where(i < 0, np.int64(-2**63) - i, i)  # -0.0 and +0.0 both map to 0
+
+
+def _from_ordinal(k: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_to_ordinal` (the map is its own inverse on the int64 bits)."""
+    k = np.asarray(k, dtype=np.int64)
+    return np.ascontiguousarray(np.where(k < 0, np.int64(-2**63) - k, k)).view(np.float64)
+
+
+def _flat_distance(h: np.ndarray, valid: np.ndarray, outlet: np.ndarray) -> np.ndarray:
+    """``(ny, nx)`` int64 step distance (8-neighbour BFS) of each flat cell to its flat's drained edge, 0 elsewhere.
+
+    A flat cell is a valid non-outlet cell with no strictly lower neighbour; it is reached through cells of
+    the same elevation from a drained cell (or outlet) of that elevation. Unreachable flat cells (pits, which
+    a filled DEM has none of) keep 0.
+    """
     ny, nx = h.shape
     flat = valid & ~outlet & ~_has_lower_neighbour(h)
+    dist = np.zeros(ny * nx, dtype=np.int64)
     if not flat.any():
-        return h
+        return dist.reshape(ny, nx)
     # seeds: drained cells (or outlets) touching a flat cell of the same elevation
     seed = np.zeros(h.shape, dtype=bool)
     for (_, _, fnb), (_, _, hnb) in zip(_padded_views(flat, False), _padded_views(h, np.nan)):
@@ -220,7 +240,6 @@ def _epsilon_gradient(h: np.ndarray, valid: np.ndarray, outlet: np.ndarray, epsi
     seed &= valid & ~flat
     hf, flatf = h.ravel(), flat.ravel()
     resolved = ~flatf
-    dist = np.zeros(ny * nx)
     frontier = np.flatnonzero(seed)
     step = 0
     while frontier.size:
@@ -236,27 +255,99 @@ def _epsilon_gradient(h: np.ndarray, valid: np.ndarray, outlet: np.ndarray, epsi
         frontier = _unique(np.concatenate(found))
         resolved[frontier] = True
         dist[frontier] = step
-    return h + epsilon_m * dist.reshape(ny, nx)
+    return dist.reshape(ny, nx)
 
 
-def fill_depressions(dem: np.ndarray, epsilon_m: float = 1e-6, max_rounds: int = 10) -> np.ndarray:
+def _drains(h: np.ndarray, valid: np.ndarray, outlet: np.ndarray) -> bool:
+    """True when every valid non-outlet cell of ``h`` has a strictly lower neighbour."""
+    return not (valid & ~outlet & ~_has_lower_neighbour(h)).any()
+
+
+def _exact_ramp(f: np.ndarray, valid: np.ndarray, outlet: np.ndarray) -> np.ndarray:
+    """Priority-flood + epsilon (Barnes et al. 2014, Alg. 3) in float64 ulps, seeded from the cells that need none.
+
+    Cells of the filled DEM ``f`` whose steepest-descent path reaches an outlet keep their elevation; every
+    other valid cell gets ``max(f, nextafter(parent))`` in priority order, so each has a strictly lower
+    neighbour (its parent). Exact for any finite input; a Python heap over those cells (slow, fallback only).
+    """
+    ny, nx = f.shape
+    n = ny * nx
+    rec = d8_receivers(f, 1.0)
+    root = np.where(rec >= 0, rec, np.arange(n))
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    settled = valid.ravel() & outlet.ravel()[root]
+    k = np.where(valid, _to_ordinal(np.where(valid, f, 0.0)), 0).ravel()
+    big = np.iinfo(np.int64).max
+    low = np.full(f.shape, big)
+    for _, _, nb in _padded_views(np.where(settled.reshape(ny, nx), k.reshape(ny, nx), big), big):
+        np.minimum(low, nb, out=low)
+    low = low.ravel()
+    start = valid.ravel() & ~settled & (low < big)
+    k_l = k.tolist()
+    out = k.copy()
+    done = (settled | ~valid.ravel()).tolist()
+    tent = [big] * n
+    heap = []
+    for c, v in zip(np.flatnonzero(start).tolist(), np.maximum(k[start], low[start] + 1).tolist()):
+        tent[c] = v
+        heap.append((v, c))
+    heapq.heapify(heap)
+    while heap:
+        v, c = heapq.heappop(heap)
+        if done[c]:
+            continue
+        done[c] = True
+        out[c] = v
+        i, j = divmod(c, nx)
+        for dy, dx in _OFFSETS:
+            a, b = i + dy, j + dx
+            if 0 <= a < ny and 0 <= b < nx:
+                m = a * nx + b
+                if not done[m]:
+                    w = max(k_l[m], v + 1)
+                    if w < tent[m]:
+                        tent[m] = w
+                        heapq.heappush(heap, (w, m))
+    return np.where(valid, _from_ordinal(out).reshape(ny, nx), np.nan)
+
+
+def fill_depressions(dem: np.ndarray, epsilon_m: float | None = None, max_rounds: int | None = None) -> np.ndarray:
     """Depression-filled copy of ``dem`` ``(ny, nx)`` as float64 metres; NaN stays NaN.
 
-    Every closed depression is raised to its spill level (priority-flood, Barnes et al. 2014), and
-    flats get a gradient of ``epsilon_m`` per cell step towards their outlet, so that every valid
-    cell that is not an outlet has a strictly lower neighbour. Keep the result in float64: casting to
-    float32 would erase the epsilon gradient.
+    Every closed depression is raised to its spill level (exact priority-flood, Barnes et al. 2014), then
+    each flat gets a ramp rising ``step`` per cell step away from its drained edge, so that every valid
+    cell that is not an outlet has a strictly lower neighbour (guaranteed for any finite input).
+
+    ``epsilon_m``: ramp step in metres, rounded down to whole float64 ulps (at least one); ``None`` (default)
+    = one ulp, i.e. ``np.nextafter``: the smallest possible lift (~1e-12 m at 9000 m). Where a ramp would
+    reach a neighbour that is higher by less than the ramp, a 1-ulp ramp is tried, and if that still does
+    not drain everything, an exact cell-by-cell priority-flood+epsilon (slow, needs float64 ties within a
+    few ulps) finishes the job. ``max_rounds`` is accepted for backward compatibility and unused: the fill
+    needs no rounds. Keep the result in float64: casting to float32 would erase the ramps.
     """
     z = _check_dem(dem)
-    if not (np.isfinite(epsilon_m) and epsilon_m > 0):
-        raise ValueError(f"epsilon_m must be a small positive number of metres, got {epsilon_m!r}")
+    if epsilon_m is not None and not (np.isfinite(epsilon_m) and epsilon_m > 0):
+        raise ValueError(f"epsilon_m must be None or a small positive number of metres, got {epsilon_m!r}")
+    if max_rounds is not None and max_rounds < 1:
+        raise ValueError(f"max_rounds must be None or a positive int, got {max_rounds!r}")
     valid = np.isfinite(z)
     outlet = outlet_mask(valid)
-    h = z
-    for _ in range(max_rounds):
-        h = _basin_levels(h, valid, outlet)
-        h = _epsilon_gradient(h, valid, outlet, epsilon_m)
-        # the epsilon ramps can (rarely) lift a flat above a neighbour that was higher by less than the ramp
-        if not (valid & ~outlet & ~_has_lower_neighbour(h)).any():
+    f = _basin_levels(z, valid, outlet)
+    if _drains(f, valid, outlet):
+        return f
+    dist = _flat_distance(f, valid, outlet)
+    k = _to_ordinal(np.where(valid, f, 0.0))
+    steps = [1] if epsilon_m is None else [None, 1]
+    for step in steps:
+        if step is None:  # whole ulps of each cell's elevation in epsilon_m, at least one
+            with np.errstate(divide="ignore", over="ignore"):
+                step = np.maximum(np.floor(epsilon_m / np.spacing(np.abs(np.where(valid, f, 1.0)))), 1.0)
+            step = np.minimum(step, 2.0**40).astype(np.int64)
+        h = np.where(valid, _from_ordinal(k + step * dist), np.nan)
+        if _drains(h, valid, outlet):
             return h
-    raise RuntimeError(f"fill_depressions did not converge in {max_rounds} rounds; try a smaller epsilon_m")
+    return _exact_ramp(f, valid, outlet)
