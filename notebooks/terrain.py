@@ -34,8 +34,8 @@ res_m = None                 # native pixel size (m)
 size_km = None               # side of each region's square window (km)
 train_center = None          # lon, lat inside the train polygon
 test_center = None           # lon, lat inside the test polygon
-geotiff_path = None          # source=geotiff: a local GeoTIFF/VRT
-raw_dir = None               # download cache of real data (source=copernicus)
+geotiff_path = None          # for source "geotiff": a local GeoTIFF/VRT
+raw_dir = None               # download cache of real data (source "copernicus")
 seed = None
 out_dir = "data/terrain"
 plots_dir = "plots"

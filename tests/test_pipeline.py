@@ -1,0 +1,67 @@
+"""End to end: `dvc repro` of the whole study with tiny parameters, in a temporary copy of the repo."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "data" / "params_tiny.yaml"
+MODELS = ["topo2vec-1", "topo2vec-4", "topo2vec-adv", "id", "cnn", "saumoco", "geomorphometry"]
+
+
+def test_tiny_params_have_the_study_sections():
+    real, tiny = (yaml.safe_load(p.read_text()) for p in (REPO / "params.yaml", TINY))
+    assert set(real) == set(tiny)
+    assert set(real["models"]) == set(tiny["models"]) == set(MODELS)
+
+
+def _copy_repo(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_whole_study(tmp_path):
+    repo = tmp_path / "study"
+    repo.mkdir()
+    _copy_repo(repo)
+    shutil.copy(TINY, repo / "params.yaml")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    run = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
+
+    for model in MODELS:
+        assert (repo / "models" / f"{model}.pt").stat().st_size > 0
+        train = json.loads((repo / "metrics" / f"train_{model}.json").read_text())
+        assert train["wall_s"] > 0
+    for experiment, classes in (("exp1", ["peak", "river", "cliff", "saddle"]),
+                                ("exp2", ["aerialway_station", "alpine_hut", "waterfall", "sinkhole"])):
+        table = json.loads((repo / "metrics" / f"{experiment}.json").read_text())
+        assert set(MODELS) <= set(table)
+        for model in MODELS:
+            for cls in classes:
+                cell = table[model][cls]
+                assert len(cell["values"]) == 10
+                assert all(0.0 <= v <= 1.0 for v in cell["values"]) and 0.0 <= cell["mean"] <= 1.0
+    assert json.loads((repo / "metrics" / "scale_selection.json").read_text())
+    for out in ("reports/maps/multiscale.html", "reports/retrieval.html", "plots/multiscale_maps.png",
+                "plots/retrieval.png", "plots/scale_selection.png", "metrics/exp3.json", "metrics/exp4.json"):
+        assert (repo / out).stat().st_size > 0, out
+    report = (repo / "reports" / "index.html").read_text()
+    assert "not produced yet" not in report, "the report misses an output of the pipeline"
+    assert report.count("data:image/png;base64,") >= 8
+
+    # a second repro has nothing to do: every stage's outputs are cached and up to date
+    again = subprocess.run(["dvc", "status"], cwd=repo, env=env, capture_output=True, text=True)
+    assert "up to date" in again.stdout, again.stdout
