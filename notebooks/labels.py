@@ -32,7 +32,9 @@
 
 # %% tags=["parameters"]
 params_path = "params.yaml"   # parameters left at None are read from its `labels` section (and `seed`)
-source = None            # derived (from the terrain); "osm" comes later
+source = None                 # derived (rules on the terrain) | osm (Overpass) | files (your own points)
+osm = None                    # source osm: keyword arguments of topo2vec_lib.osm.osm_labels (endpoint, cache_dir, ...)
+label_files = None            # source files: {class: path} of GeoJSON, CSV or Parquet points
 terrain_dir = "data/terrain"
 out_dir = "data/labels"
 plots_dir = "plots"
@@ -78,7 +80,7 @@ from topo2vec_lib.storage import fill_from_params
 from topo2vec_lib.labels import RULE_DEFAULTS
 
 fill_from_params(globals(), params_path, "labels", dict(
-    source="derived", seed=0, **RULE_DEFAULTS, min_train_exp1=500, min_test_exp1=100, min_train_exp2=200,
+    source="derived", seed=0, **RULE_DEFAULTS, osm={}, label_files={}, min_train_exp1=500, min_test_exp1=100, min_train_exp2=200,
     min_test_exp2=50, cnn_train_per_class=4000))
 
 # %%
@@ -108,9 +110,9 @@ terrains, tables, seconds = {}, [], {}
 for region in ("train", "test"):
     terrains[region] = T.open_region(terrain_dir, region)
     t0 = time.perf_counter()
-    df = L.derive_labels(terrains[region], seed=seed, progress=True, **rules)
+    df = L.labels_for_terrain(terrains[region], source, seed=seed, rules=rules, progress=True,
+                              osm={"spacing_m": line_spacing_m, **osm}, files=label_files)
     seconds[region] = round(time.perf_counter() - t0, 2)
-    df["region"] = region
     tables.append(df)
 labels = pd.concat(tables, ignore_index=True)
 L.write_labels(labels, out_dir)

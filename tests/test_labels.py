@@ -45,8 +45,8 @@ def test_unknown_class_error_lists_valid_names():
         L.get_class("volcano")
     with pytest.raises(ValueError, match="unknown label rule parameter.*peak_prominence_m"):
         L.rule_params(peak_prominance_m=3)
-    with pytest.raises(ValueError, match="unknown label source 'osm'"):
-        L.check_source("osm")
+    with pytest.raises(ValueError, match="unknown label source 'wikipedia'"):
+        L.check_source("wikipedia")
 
 
 def test_thin_points_is_greedy_non_maximum_suppression():

@@ -252,3 +252,24 @@ def test_read_label_files(tmp_path):
         osm.read_label_files({"peak": tmp_path / "p.kml"}, "test")
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         osm.read_label_files({"peak": tmp_path / "nope.csv"}, "test")
+
+
+def test_labels_stage_sources_osm_and_files(api, tmp_path, terrain_factory):
+    """labels.labels_for_terrain gives the same table from every source, clipped to the window."""
+    from topo2vec_lib import labels as L
+
+    terrain = terrain_factory(np.zeros((120, 120)), res_m=300, center_lonlat=(11.5, 47.25), region="train")
+    from_osm = L.labels_for_terrain(terrain, "osm", osm={"cache_dir": tmp_path, "endpoint": api.endpoint,
+                                                         "config": config()})
+    assert {"lon", "lat", "class", "source", "region"} <= set(from_osm.columns)
+    assert set(from_osm.region) == {"train"} and set(from_osm.source) == {"osm"} and (from_osm["class"] == "river").any()
+    csv = tmp_path / "peaks.csv"
+    pd.DataFrame({"lon": [11.5, 11.4, 3.0], "lat": [47.25, 47.2, 40.0]}).to_csv(csv, index=False)
+    from_files = L.labels_for_terrain(terrain, "files", files={"peak": csv})
+    assert len(from_files) == 2 and set(from_files["class"]) == {"peak"} and set(from_files.source) == {"file"}
+    with pytest.raises(ValueError, match="unknown classes"):
+        L.labels_for_terrain(terrain, "files", files={"volcano": csv})
+    with pytest.raises(ValueError, match="needs label_files"):
+        L.labels_for_terrain(terrain, "files")
+    with pytest.raises(ValueError, match="unknown label source"):
+        L.labels_for_terrain(terrain, "wikipedia")

@@ -144,11 +144,11 @@ RULE_DEFAULTS: dict[str, float] = {
 }
 
 
-LABEL_SOURCES = ("derived",)
+LABEL_SOURCES = ("derived", "osm", "files")
 
 
 def check_source(source: str) -> str:
-    """``source`` if it is a known label source, else ValueError (``"osm"`` comes later)."""
+    """``source`` if it is a known label source (derived | osm | files), else ValueError."""
     if source not in LABEL_SOURCES:
         raise ValueError(f"unknown label source {source!r}; valid: {list(LABEL_SOURCES)}")
     return source
@@ -815,3 +815,32 @@ def check_counts(df: pd.DataFrame, required: dict[str, int], region: str | None 
             f"too few labels{where}: {detail} (have < required). Use a larger terrain window "
             f"(data.size_km) or relax the label rule parameters.")
     return counts
+
+
+def labels_for_terrain(terrain, source: str = "derived", *, seed: int = 0, rules: dict | None = None,
+                       osm: dict | None = None, files: dict | None = None, progress: bool = False) -> pd.DataFrame:
+    """The label table of one region from any source; every later stage reads the same columns.
+
+    ``derived``: :func:`derive_labels` with ``rules``. ``osm``: OpenStreetMap through Overpass
+    (:func:`topo2vec_lib.osm.osm_labels_for_terrain`, keyword arguments in ``osm``). ``files``: a user's own
+    points, ``files = {class: path}`` of GeoJSON/CSV/Parquet, clipped to the terrain window.
+    """
+    check_source(source)
+    region = str(terrain.attrs.get("region", "window"))
+    if source == "derived":
+        df = derive_labels(terrain, seed=seed, progress=progress, **(rules or {}))
+    elif source == "osm":
+        from .osm import osm_labels_for_terrain
+
+        df = osm_labels_for_terrain(terrain, list(CLASSES), progress=progress, **(osm or {}))
+    else:
+        from .osm import clip_to_terrain, read_label_files
+
+        if not files:
+            raise ValueError("labels source 'files' needs label_files: {class: path} (GeoJSON, CSV or Parquet)")
+        unknown = sorted(set(files) - set(CLASSES))
+        if unknown:
+            raise ValueError(f"label_files names unknown classes {unknown}; valid: {list(CLASSES)}")
+        df = clip_to_terrain(read_label_files(files, region), terrain)
+    df["region"] = region
+    return df

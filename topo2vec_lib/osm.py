@@ -238,9 +238,14 @@ def osm_labels_for_terrain(terrain, classes, **kwargs) -> pd.DataFrame:
     ``region`` comes from ``terrain.attrs["region"]``; ``kwargs`` go to :func:`osm_labels` (``cache_dir``,
     ``endpoint``, ``spacing_m``, ``tile_deg``, ``delay_s``, ``timeout_s``, ``config``, ``progress``).
     """
+    df = osm_labels(classes, terrain_bounds_lonlat(terrain), str(terrain.attrs.get("region", "window")), **kwargs)
+    return clip_to_terrain(df, terrain)
+
+
+def clip_to_terrain(df: pd.DataFrame, terrain) -> pd.DataFrame:
+    """The rows of a label table whose lon/lat fall inside the terrain's x/y window."""
     from pyproj import Transformer
 
-    df = osm_labels(classes, terrain_bounds_lonlat(terrain), str(terrain.attrs.get("region", "window")), **kwargs)
     x, y = Transformer.from_crs("EPSG:4326", terrain.rio.crs, always_xy=True).transform(df.lon.to_numpy(),
                                                                                         df.lat.to_numpy())
     xmin, ymin, xmax, ymax = terrain.rio.bounds()
