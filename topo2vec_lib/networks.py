@@ -11,8 +11,9 @@ Decisions where the paper leaves room (see also docs and ``notebooks/train.py``)
   filters as the paper says and pads the first one asymmetrically (one zero row/column on the top/left,
   none on the bottom/right), so 17 x 17 becomes exactly 16 x 16 and the four 2x2 max-pools halve
   16 -> 8 -> 4 -> 2 -> 1 without dropping pixels. ``"reference"`` is the paper's reference code: padding 1
-  keeps 17 x 17 and the first max-pool's floor drops the last row and column (17 -> 8). Both have the same
-  parameters and the same 128 x 1 x 1 output; ``"paper"`` lets every input pixel reach the latent.
+  keeps 17 x 17 and the first max-pool's floor drops the stem's last output row and column (17 -> 8). Both
+  have the same parameters and the same 128 x 1 x 1 output; with ``"paper"`` the sizes are those the paper
+  lists (8x16x16 after the stem) and no stem output is discarded.
 - **Decoder output**: the paper's final "convolutional block" is a 1x1 convolution with no BatchNorm or
   ReLU (as the reference code's ``OutConv``): the target is min-max normalised relief that may leave
   [0, 1], so the output must not be clamped by a ReLU. Bilinear upsampling uses ``align_corners=False``.
@@ -37,9 +38,13 @@ INPUT_SIZE = 17
 
 
 def conv_block(c_in: int, c_out: int, padding: int | tuple = 1) -> nn.Sequential:
-    """3x3 convolution, BatchNorm, ReLU. ``padding`` as ``nn.ZeroPad2d`` (int or (left, right, top, bottom))."""
-    return nn.Sequential(nn.ZeroPad2d(padding), nn.Conv2d(c_in, c_out, 3, padding=0),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    """3x3 convolution, BatchNorm, ReLU. ``padding``: an int (zero padding on every side, inside the convolution)
+    or ``(left, right, top, bottom)`` (an explicit ``nn.ZeroPad2d``); module indices are the same either way."""
+    if isinstance(padding, int):
+        pad, conv = nn.Identity(), nn.Conv2d(c_in, c_out, 3, padding=padding)
+    else:
+        pad, conv = nn.ZeroPad2d(padding), nn.Conv2d(c_in, c_out, 3, padding=0)
+    return nn.Sequential(pad, conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 def double_conv(c_in: int, c_out: int, first_padding: int | tuple = 1) -> nn.Sequential:

@@ -1,0 +1,204 @@
+"""Topo2vec training: config validation, Algorithm-1 steps, exact resume after a kill, dispatch, notebook."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from conftest import make_terrain
+from topo2vec_lib import checkpoints, training
+from topo2vec_lib.embedders import Topo2Vec, load_embedder
+from topo2vec_lib.sampler import PatchSampler
+
+
+def relief(n=160, seed=0):
+    """Smooth multi-scale random relief in metres, (n, n)."""
+    rng = np.random.default_rng(seed)
+    z = sum(gaussian_filter(rng.normal(size=(n, n)), s) * s * 40 for s in (1, 4, 16))
+    return (z + 1000).astype(np.float32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny networks train faster on one thread (and OpenMP spinning hurts on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    return PatchSampler(make_terrain(relief()), threads=1)
+
+
+TINY = {"kind": "topo2vec", "k": 1, "train_res_m": [30, 45], "images": 64, "batch_size": 8, "epochs": 2,
+        "chunk_batches": 2, "log_steps": 3, "device": "cpu"}
+
+
+class KilledError(RuntimeError):
+    pass
+
+
+class KillingSampler:
+    """Wraps a sampler and raises on the ``kill_at``-th fractal_pairs call, like a kill in mid-run."""
+
+    def __init__(self, sampler, kill_at):
+        self.sampler, self.kill_at, self.calls = sampler, kill_at, 0
+
+    def random_places(self, *a, **kw):
+        return self.sampler.random_places(*a, **kw)
+
+    def fractal_pairs(self, *a, **kw):
+        self.calls += 1
+        if self.calls == self.kill_at:
+            raise KilledError("killed")
+        return self.sampler.fractal_pairs(*a, **kw)
+
+
+def test_config_defaults_and_bad_values():
+    cfg = training.topo2vec_config({"kind": "topo2vec", "k": 4, "train_res_m": 120, "adversarial": True})
+    assert cfg["train_res_m"] == [120.0] and cfg["betas"] == [0.5, 0.999] and cfg["lr"] == 2e-4
+    assert training.topo2vec_config({"k": 1})["betas"] == [0.9, 0.999]
+    with pytest.raises(ValueError, match="unknown topo2vec config keys.*'learning_rate'"):
+        training.topo2vec_config({"learning_rate": 1e-3})
+    for bad in ({"k": 3}, {"train_res_m": []}, {"train_res_m": [-30]}, {"batch_size": 1}, {"images": 0},
+                {"lr": 0}, {"lr_g_scope": "encoder"}, {"stem": "valid"}, {"discriminator": "x"},
+                {"d_input_upsample": "cubic"}, {"adversarial": "yes"}, {"kind": "cnn"}):
+        with pytest.raises(ValueError, match=list(bad)[0]):
+            training.topo2vec_config(bad)
+    with pytest.raises(ValueError, match="device"):
+        training.resolve_device("tpu")
+
+
+def test_epoch_plan_counts_images_over_scales():
+    plan = training.epoch_plan(training.topo2vec_config(TINY))
+    # 64 images over 2 scales at batch 8: 4 place batches, 8 steps, 2 chunks of 2 place batches
+    assert plan == {"place_batches": 4, "steps": 8, "chunks": 2, "images": 64}
+
+
+def test_learning_rates_per_module():
+    cfg = training.topo2vec_config({"k": 4, "adversarial": True, "lr": 2e-4, "lr_g": 1.6e-3, "lr_d": 3e-4})
+    nets = training.build_networks(cfg)
+    opts = training.build_optimizers(cfg, nets)
+    assert [g["lr"] for g in opts["generator"].param_groups] == [2e-4, 1.6e-3]      # paper: f lr1, g lr2
+    assert opts["discriminator"].param_groups[0]["lr"] == 3e-4
+    cfg = training.topo2vec_config({**cfg, "lr_g_scope": "generator"})
+    opts = training.build_optimizers(cfg, nets)
+    assert [g["lr"] for g in opts["generator"].param_groups] == [1.6e-3, 1.6e-3]    # reference: f and g lr_g
+
+
+def test_sample_chunk_is_a_function_of_seed_epoch_chunk(sampler):
+    cfg = training.topo2vec_config(TINY)
+    a = training.sample_chunk(sampler, cfg, 0, 1, 1)
+    b = training.sample_chunk(sampler, cfg, 0, 1, 1)
+    c = training.sample_chunk(sampler, cfg, 0, 1, 0)
+    assert len(a) == 2 and a[0][0].shape == (16, 1, 17, 17) and a[1][1].shape == (16, 1, 16, 16)
+    assert all(np.array_equal(p, q) for (p, _), (q, _) in zip(a, b))
+    assert not np.array_equal(a[0][0], c[0][0])
+
+
+def _train(sampler, tmp_path, name, config=TINY, resume=True, **kw):
+    return training.train_topo2vec(config, sampler, out_path=tmp_path / f"{name}.pt",
+                                   resume_path=(tmp_path / f"{name}.resume.pt") if resume else None,
+                                   seed=3, progress=False, **kw)
+
+
+def _same_weights(a, b):
+    sa, sb = checkpoints.load_checkpoint(a)["state"], checkpoints.load_checkpoint(b)["state"]
+    assert sa.keys() == sb.keys()
+    for net in sa:
+        assert sa[net].keys() == sb[net].keys()
+        for k in sa[net]:
+            assert torch.equal(sa[net][k], sb[net][k]), f"{net}.{k} differs"
+
+
+@pytest.mark.parametrize("checkpoint_steps, kill_at", [(0, 5), (1, 7)])
+def test_killed_run_resumes_to_identical_weights(sampler, tmp_path, checkpoint_steps, kill_at):
+    # kill_at=5: dies at the start of epoch 2 (resumes from the epoch checkpoint);
+    # kill_at=7: dies in the 2nd chunk of epoch 2 (resumes from the mid-epoch checkpoint after chunk 1)
+    config = {**TINY, "checkpoint_steps": checkpoint_steps}
+    full = _train(sampler, tmp_path, "full", config)
+    with pytest.raises(KilledError):
+        _train(KillingSampler(sampler, kill_at), tmp_path, "killed", config)
+    resume_file = tmp_path / "killed.resume.pt"
+    state = checkpoints.load_resume_state(resume_file)
+    assert state["epoch"] == 1 and state["step"] == (8 if kill_at == 5 else 12)
+    assert not (tmp_path / "killed.pt").exists()
+    resumed = _train(sampler, tmp_path, "killed", config)
+    assert resumed["resumed_from_step"] == state["step"] and full["resumed_from_step"] is None
+    _same_weights(tmp_path / "full.pt", tmp_path / "killed.pt")
+    assert resumed["history"] == full["history"]
+    assert resumed["images_seen"] == full["images_seen"] == 128
+    assert not resume_file.exists()                          # removed after the final checkpoint
+
+
+def test_resume_file_of_another_config_is_ignored(sampler, tmp_path):
+    with pytest.raises(KilledError):
+        _train(KillingSampler(sampler, 5), tmp_path, "m", TINY)
+    with pytest.warns(UserWarning, match="another config"):
+        out = _train(sampler, tmp_path, "m", {**TINY, "lr": 1e-3})
+    assert out["resumed_from_step"] is None
+
+
+def test_training_reduces_l1_and_records_history(sampler, tmp_path):
+    cfg = {**TINY, "train_res_m": [30], "epochs": 3, "images": 128, "batch_size": 16, "lr": 2e-3, "workers": 1}
+    out = _train(sampler, tmp_path, "m", cfg, resume=False)
+    epochs = [h for h in out["history"] if h["scope"] == "epoch"]
+    steps = [h for h in out["history"] if h["scope"] == "steps"]
+    assert [h["epoch"] for h in epochs] == [0, 1, 2] and len(steps) == 24 // 3
+    assert epochs[-1]["loss_l1"] < epochs[0]["loss_l1"]
+    assert out["final_loss"] == epochs[-1]["loss_l1"] and out["images_seen"] == 3 * 128
+    assert out["images_per_s"] > 0 and out["wall_s"] > 0
+
+
+def test_adversarial_k4_trains_and_loads(sampler, tmp_path):
+    cfg = {"kind": "topo2vec", "k": 4, "adversarial": True, "train_res_m": [120], "images": 16,
+           "batch_size": 8, "epochs": 1, "lambda_l1": 100, "lambda_gan": 1, "name": "topo2vec-adv"}
+    out = _train(sampler, tmp_path, "adv", cfg)
+    assert set(out["final_losses"]) == {"loss_l1", "loss_gan_g", "loss_g", "loss_d"}
+    assert np.isclose(out["final_losses"]["loss_g"],
+                      100 * out["final_losses"]["loss_l1"] + out["final_losses"]["loss_gan_g"])
+    ckpt = checkpoints.load_checkpoint(tmp_path / "adv.pt", kind="topo2vec")
+    assert set(ckpt["state"]) == {"encoder", "decoder", "discriminator"}
+    assert ckpt["config"]["k"] == 4 and ckpt["config"]["train_res_m"] == [120.0] and ckpt["config"]["seed"] == 3
+    model = load_embedder(tmp_path / "adv.pt")
+    assert isinstance(model, Topo2Vec) and model.name == "topo2vec-adv"
+    x = np.random.default_rng(0).random((3, 17, 17), dtype=np.float32)
+    assert model.reconstruct(x).shape == (3, 1, 64, 64)
+
+
+def test_train_model_dispatch(sampler, tmp_path):
+    with pytest.raises(ValueError, match="unknown model kind 'vae'"):
+        training.train_model({"kind": "vae"}, sampler, out_path=tmp_path / "x.pt")
+    out = training.train_model({**TINY, "epochs": 1, "images": 16, "train_res_m": [30]}, sampler,
+                               labels=pd.DataFrame(), out_path=tmp_path / "t.pt", progress=False)
+    assert out["steps"] == 2 and (tmp_path / "t.pt").exists()
+
+
+@pytest.mark.slow
+def test_train_notebook_smoke(tmp_path, notebook_runner):
+    from topo2vec_lib import terrain as terrain_mod
+
+    terrain_dir = tmp_path / "terrain"
+    terrain_mod.save_terrain(make_terrain(relief(120, 1), region="train"), terrain_dir / "train.zarr")
+    terrain_mod.save_terrain(make_terrain(relief(120, 2), center_lonlat=(7.6, 46.6), region="test"),
+                             terrain_dir / "test.zarr")
+    params = tmp_path / "params.yaml"
+    params.write_text("train: {images: 100000, epochs: 2, batch_size: 64, device: auto, workers: 0}\n"
+                      "models:\n  topo2vec-4: {kind: topo2vec, k: 4, adversarial: false, train_res_m: [120],"
+                      " lr: 0.0002}\n")
+    notebook_runner("train", tmp_path / "nb", {
+        "model": "topo2vec-4", "params_path": str(params), "terrain_dir": str(terrain_dir),
+        "labels_dir": str(tmp_path / "labels"), "models_dir": str(tmp_path / "models"),
+        "metrics_dir": str(tmp_path / "metrics"), "plots_dir": str(tmp_path / "plots"), "seed": 0,
+        "overrides": {"images": 16, "batch_size": 8, "epochs": 1, "log_steps": 1, "threads": 1}})
+    metrics = json.loads((tmp_path / "metrics" / "train_topo2vec-4.json").read_text())
+    assert metrics["images_seen"] == 16 and "history" not in metrics
+    loss = pd.read_csv(tmp_path / "plots" / "loss_topo2vec-4.csv")
+    assert {"step", "loss_l1", "scope"} <= set(loss.columns) and len(loss) == 3
+    assert (tmp_path / "plots" / "reconstructions_topo2vec-4.png").stat().st_size > 0
+    model = load_embedder(tmp_path / "models" / "topo2vec-4.pt")
+    assert model.name == "topo2vec-4" and model.config["k"] == 4
