@@ -56,13 +56,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 curves = {m: pd.read_csv(p) for m in models if (p := Path(root, f"plots/train/{m}/loss_{m}.csv")).exists()}
-if curves:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for m, df in curves.items():
-        y = next((c for c in ("loss", "loss_l1", "train_loss") if c in df.columns), df.columns[-1])
-        ax.plot(df["images_seen"] if "images_seen" in df.columns else df.index, df[y], label=f"{m} ({y})")
-    ax.set_xlabel("training images seen"); ax.set_ylabel("loss"); ax.set_yscale("log"); ax.legend(fontsize=8)
-    fig.tight_layout(); fig.savefig(Path(root, "reports/loss_curves.png"), dpi=110); plt.show()
+curves = {m: df[df["scope"] == "steps"] if (df["scope"] == "steps").any() else df for m, df in curves.items() if len(df)}
+fig, ax = plt.subplots(figsize=(7, 4))
+for m, df in curves.items():
+    y = "loss_l1" if "loss_l1" in df.columns else "loss"
+    ax.plot(df["images"], df[y], marker=".", label=f"{m} ({y})")
+ax.set_xlabel("training images seen"); ax.set_ylabel("training loss"); ax.set_yscale("log"); ax.legend(fontsize=8)
+fig.tight_layout(); fig.savefig(Path(root, "reports/loss_curves.png"), dpi=110); plt.show()
 
 # %%
 path = build_report(sections, root, Path(root, out_path))

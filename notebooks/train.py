@@ -52,7 +52,7 @@ labels_dir = "data/labels"
 models_dir = "models"
 metrics_dir = "metrics"
 plots_dir = "plots"
-seed = 0
+seed = None                   # None: the study seed from params.yaml
 overrides = {}                # merged over the model config (tests use it for tiny runs)
 
 # %%
@@ -65,8 +65,10 @@ import pandas as pd
 from topo2vec_lib import training
 from topo2vec_lib.sampler import PatchSampler
 from topo2vec_lib.storage import atomic_path, load_params, write_json
+from topo2vec_lib.terrain import open_region
 
 params = load_params(params_path)
+seed = params.get("seed", 0) if seed is None else seed
 if model not in params.get("models", {}):
     raise ValueError(f"model {model!r} is not in {params_path} `models`; known: {sorted(params.get('models', {}))}")
 config = {**params.get("train", {}), **params["models"][model], **(overrides or {}), "name": model}
@@ -74,18 +76,7 @@ kind = config.get("kind")
 print(f"{model}: {config}")
 
 
-def open_store(path):
-    try:
-        from topo2vec_lib.terrain import open_terrain
-    except ImportError:                        # fallback when the terrain module is absent
-        import rioxarray  # noqa: F401
-        import xarray as xr
-
-        return xr.open_dataarray(path, engine="zarr")
-    return open_terrain(path)
-
-
-train_terrain = open_store(Path(terrain_dir) / "train.zarr")
+train_terrain = open_region(terrain_dir, "train")
 sampler = PatchSampler(train_terrain)
 labels = None
 if kind == "cnn":                              # the only supervised model
@@ -108,7 +99,7 @@ metrics = {"model": model, "kind": kind, **{k: v for k, v in result.items() if k
 write_json(Path(metrics_dir) / f"train_{model}.json", metrics)
 Path(plots_dir).mkdir(parents=True, exist_ok=True)
 with atomic_path(Path(plots_dir) / f"loss_{model}.csv") as tmp:
-    pd.DataFrame(history).to_csv(tmp, index=False)
+    pd.DataFrame(history, columns=None if history else ["scope", "epoch", "step", "images"]).to_csv(tmp, index=False)
 {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
 
 # %% [markdown]
@@ -127,7 +118,7 @@ if kind == "topo2vec":
 
     embedder = load_embedder(out_path)
     k, res_m = embedder.config["k"], max(embedder.config["train_res_m"])
-    test_sampler = PatchSampler(open_store(Path(terrain_dir) / "test.zarr"))
+    test_sampler = PatchSampler(open_region(terrain_dir, "test"))
     n_show = 6
     lon, lat = test_sampler.random_places(n_show, np.random.default_rng(seed), res_m, size=17, k=k)
     x, y = test_sampler.fractal_pairs(lon, lat, res_m, k)
