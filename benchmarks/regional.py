@@ -31,29 +31,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from topo2vec_lib.storage import write_json  # noqa: E402
+from common import fractal_terrain  # benchmarks/common.py (the script folder is on sys.path)
 
 RES_M = 30.0
 
-
-def fractal_terrain(n: int, seed: int = 0, beta: float = 2.2, relief_m: float = 1500.0):
-    """An ``n x n`` float32 terrain DataArray (metres, EPSG:3035, test region) by spectral synthesis."""
-    import rioxarray  # noqa: F401
-    import xarray as xr
-
-    rng = np.random.default_rng(seed)
-    f = np.hypot(*np.meshgrid(np.fft.fftfreq(n), np.fft.rfftfreq(n), indexing="ij"))
-    f[0, 0] = 1.0
-    spectrum = (rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) * f ** (-beta / 2)
-    spectrum[0, 0] = 0
-    z = np.fft.irfft2(spectrum, s=(n, n))
-    z = ((z - z.min()) / (z.max() - z.min()) * relief_m + 200.0).astype(np.float32)
-    x0, y0 = 4_100_000.0, 2_650_000.0
-    x = x0 + (np.arange(n) + 0.5) * RES_M
-    y = y0 - (np.arange(n) + 0.5) * RES_M
-    da = xr.DataArray(z, dims=("y", "x"), coords={"y": y, "x": x}, name="elevation",
-                      attrs={"res_m": RES_M, "region": "test", "region_lonlat": [5.0, 45.0, 10.0, 50.0],
-                             "source": "benchmark", "units": "m"})
-    return da.rio.write_crs("EPSG:3035").rio.write_transform()
 
 
 def make_embedder(kind: str):
@@ -77,7 +58,7 @@ def run_case(n_px: int, stride_m: float, chunk: int, kind: str, scheduler: str) 
     from topo2vec_lib.regional import embed_region, valid_mask
     from topo2vec_lib.sampler import PatchSampler
 
-    sampler = PatchSampler(fractal_terrain(n_px), threads=1)
+    sampler = PatchSampler(fractal_terrain(n_px, region="test"), threads=1)
     embedder = make_embedder(kind)
     left, bottom, _, top = sampler.bounds_xy
     embed_region(embedder, sampler, RES_M, stride_m, (left, top - 3000, left + 3000, top)).compute()   # warm-up

@@ -29,32 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from topo2vec_lib.sampler import PatchSampler  # noqa: E402
 from topo2vec_lib.storage import write_json  # noqa: E402
+from common import fractal_terrain  # benchmarks/common.py (the script folder is on sys.path)
 
 RES_M = 30.0
 SIZE = 17
 K = 4
 COARSE_M = 120.0
 
-
-def fractal_terrain(n: int, seed: int = 0, beta: float = 2.2, relief_m: float = 1500.0):
-    """An ``n x n`` float32 terrain (metres) by spectral synthesis (power ~ f**-beta), as a terrain DataArray."""
-    import rioxarray  # noqa: F401
-
-    import xarray as xr
-    rng = np.random.default_rng(seed)
-    f = np.hypot(*np.meshgrid(np.fft.fftfreq(n), np.fft.rfftfreq(n), indexing="ij"))
-    f[0, 0] = 1.0
-    spectrum = (rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) * f ** (-beta / 2)
-    spectrum[0, 0] = 0
-    z = np.fft.irfft2(spectrum, s=(n, n))
-    z = (z - z.min()) / (z.max() - z.min()) * relief_m + 200.0
-    x0, y0 = 4_400_000.0, 2_700_000.0                               # EPSG:3035, near lon 11, lat 47
-    x = x0 + (np.arange(n) + 0.5) * RES_M
-    y = y0 - (np.arange(n) + 0.5) * RES_M
-    da = xr.DataArray(z.astype(np.float32), dims=("y", "x"), coords={"y": y, "x": x}, name="elevation",
-                      attrs={"res_m": RES_M, "region": "bench", "region_lonlat": [-180, -90, 180, 90],
-                             "source": "benchmark", "units": "m"})
-    return da.rio.write_crs("EPSG:3035").rio.write_transform()
 
 
 def clock() -> tuple[float, float]:

@@ -16,7 +16,6 @@ shared machine only slow runs down; 2 torch threads suffer most, as OpenMP threa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import sys
@@ -35,6 +34,7 @@ from topo2vec_lib.embedders import Topo2Vec  # noqa: E402
 from topo2vec_lib.networks import Encoder  # noqa: E402
 from topo2vec_lib.sampler import PatchSampler  # noqa: E402
 from topo2vec_lib.storage import write_json  # noqa: E402
+from common import fractal_terrain  # benchmarks/common.py (the script folder is on sys.path)
 
 BATCH = 64
 VARIANTS = {
@@ -43,13 +43,6 @@ VARIANTS = {
     "topo2vec-adv": {"kind": "topo2vec", "k": 4, "adversarial": True, "train_res_m": [120], "lr_g": 1.6e-3},
 }
 
-
-def fractal_terrain(n: int, seed: int = 0):
-    """The sampler benchmark's spectral-synthesis terrain (benchmarks/sampler.py), ``n x n`` px at 30 m/px."""
-    spec = importlib.util.spec_from_file_location("bench_sampler", REPO / "benchmarks" / "sampler.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.fractal_terrain(n, seed=seed)
 
 
 def clock():

@@ -96,7 +96,7 @@ def embed_xy(embedder, sampler: PatchSampler, x, y, res_m: float, size: int = 17
     y = np.asarray(y, dtype=np.float64).ravel()
     out = np.full((x.size, int(embedder.dim)), np.nan, dtype=np.float32)
     # the sampler's own footprint rule (with its edge tolerance), so no place it accepts is dropped here
-    inside = np.flatnonzero(sampler._inside_xy(x, y, float(res_m), int(size)))
+    inside = np.flatnonzero(sampler.inside_xy(x, y, float(res_m), int(size)))
     default = _uses_default_embed(embedder)
     # an embedder with its own embed() (e.g. geomorphometry) may sample more scales: check them all
     extra = [] if default or not hasattr(embedder, "scales_for") else \
@@ -153,7 +153,7 @@ def embed_region(embedder, terrain, res_m: float, stride_m: float, bounds_xy=Non
     ``dask.distributed.Client``).
     """
     sampler = as_sampler(terrain)
-    res_m = float(sampler._check_res(res_m))
+    res_m = float(sampler.check_res(res_m))
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise ValueError(f"chunk = {chunk!r} must be a positive integer number of places per block side")
     if not hasattr(embedder, "dim") or not hasattr(embedder, "embed_patches"):

@@ -192,7 +192,9 @@ class PatchSampler:
         return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
 
     # -------------------------------------------------------------------------------- checks
-    def _check_res(self, res_m, what: str = "res_m", allow_upsampling: bool = False) -> float:
+    def check_res(self, res_m, what: str = "res_m", allow_upsampling: bool = False) -> float:
+        """``res_m`` as a float; ValueError when not a positive number, or finer than native without
+        ``allow_upsampling``."""
         try:
             r = float(res_m)
         except (TypeError, ValueError):
@@ -204,7 +206,7 @@ class PatchSampler:
                              f"use res_m >= {self.res_m} (or allow_upsampling=True: interpolation, no new detail)")
         return r
 
-    def _inside_xy(self, x: np.ndarray, y: np.ndarray, res_m: float, size: int) -> np.ndarray:
+    def inside_xy(self, x: np.ndarray, y: np.ndarray, res_m: float, size: int) -> np.ndarray:
         """``(N,)`` bool: the footprint (``size * res_m`` square centred on x, y) lies inside the terrain."""
         half = size * res_m / 2
         tol = _EDGE_TOL_PX * self.res_m
@@ -244,7 +246,7 @@ class PatchSampler:
     # -------------------------------------------------------------------------------- sampling
     def level_for(self, res_m: float) -> int:
         """Pyramid level sampled for ``res_m``: ``floor(log2(res_m / native))``, clamped to the levels built."""
-        ratio = self._check_res(res_m, allow_upsampling=True) / self.res_m
+        ratio = self.check_res(res_m, allow_upsampling=True) / self.res_m
         j = int(math.floor(math.log2(max(ratio, 1.0)) + 1e-9))
         return min(max(j, 0), len(self.pyramid) - 1)
 
@@ -283,9 +285,9 @@ class PatchSampler:
         ``allow_upsampling`` (then bilinear interpolation of the native pixels).
         """
         size = _check_size(size)
-        res_m = self._check_res(res_m, allow_upsampling=allow_upsampling)
+        res_m = self.check_res(res_m, allow_upsampling=allow_upsampling)
         x, y = _as_places(x, y, ("x", "y"))
-        inside = self._inside_xy(x, y, res_m, size)
+        inside = self.inside_xy(x, y, res_m, size)
         if not inside.all():
             self._raise_outside(x, y, inside, res_m, size)
         out = self._sample_xy(x, y, res_m, size)
@@ -315,7 +317,7 @@ class PatchSampler:
         normalised with the input's min and range. float32. The target may not be finer than native.
         """
         k, size = _check_k(k), _check_size(size)
-        res_m = self._check_res(res_m)
+        res_m = self.check_res(res_m)
         target_m = self.target_res_m(res_m, k, size)
         if target_m < self.res_m * (1 - _REL_TOL):
             raise ValueError(f"fractal target of k = {k} at res_m = {res_m:g} would have {target_m:g} m pixels, "
@@ -330,15 +332,15 @@ class PatchSampler:
                  allow_upsampling: bool = False) -> np.ndarray:
         """``(N,)`` bool: the patch (and, with ``k``, the fractal target) lies inside the terrain, without nodata."""
         size = _check_size(size)
-        res_m = self._check_res(res_m, allow_upsampling=allow_upsampling and k is None)
+        res_m = self.check_res(res_m, allow_upsampling=allow_upsampling and k is None)
         x, y = _as_places(x, y, ("x", "y"))
         checks = [(res_m, size)]
         if k is not None:
             k = _check_k(k)
-            target_m = self._check_res(self.target_res_m(res_m, k, size),
+            target_m = self.check_res(self.target_res_m(res_m, k, size),
                                        what=f"the fractal target's pixel size for k = {k} at res_m = {res_m:g}")
             checks.append((target_m, (size - 1) * k))
-        ok = self._inside_xy(x, y, res_m, size)
+        ok = self.inside_xy(x, y, res_m, size)
         for r, s in checks:
             idx = np.flatnonzero(ok)
             if idx.size:
@@ -363,7 +365,7 @@ class PatchSampler:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"n = {n!r} must be a non-negative integer number of places")
         size, k = _check_size(size), _check_k(k)
-        res_m = self._check_res(res_m)
+        res_m = self.check_res(res_m)
         max_tries = max(10_000, 50 * n) if max_tries is None else int(max_tries)
         if max_tries < 1:
             raise ValueError(f"max_tries = {max_tries} must be >= 1")
