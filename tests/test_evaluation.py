@@ -164,26 +164,10 @@ def test_probe_dataset_drops_positives_off_the_terrain(world):
         ev.probe_dataset(labels, "peak", "train", 10, sampler, np.random.default_rng(0), res_m=480)
 
 
-class NativeOnly:
-    """A sampler without upsampling (the contract's minimum)."""
-
-    res_m = 30.0
-    region = "train"
-
-    def patches(self, lon, lat, res_m, size=17):
-        if res_m < self.res_m:
-            raise ValueError("finer than native")
-        return np.zeros((len(lon), size, size), np.float32)
-
-
 def test_sample_patches_upsampling_keyword(world):
+    """Scales finer than native are interpolated (allow_upsampling) and agree with native at the centre."""
     sampler, labels = world
     lon, lat = labels["lon"][:2], labels["lat"][:2]
-    with pytest.raises(ValueError, match="has no allow_upsampling keyword"):
-        ev.sample_patches(NativeOnly(), lon, lat, 10.0)
-    assert ev.sample_patches(NativeOnly(), lon, lat, 30.0).shape == (2, 17, 17)
-    if not ev.supports_upsampling(sampler):
-        pytest.skip("topo2vec_lib.sampler.PatchSampler.patches has no allow_upsampling keyword")
     fine = ev.sample_patches(sampler, lon, lat, 10.0)
     native = sampler.patches(lon, lat, 30.0, 17)
     assert fine.shape == (2, 17, 17) and np.allclose(fine[:, 8, 8], native[:, 8, 8], atol=1e-3)
@@ -242,8 +226,6 @@ def test_scale_selection_picks_the_visible_scale(world):
 
 def test_scale_selection_bad_scales(world):
     sampler, labels = world
-    with pytest.raises(ValueError, match="finer than the native"):
-        ev.scale_selection(NativeOnly(), labels, ["peak"], [10, 30], n=20, seeds=1, progress=False)
     with pytest.raises(ValueError, match="positive m/px"):
         ev.scale_selection(sampler, labels, ["peak"], [], n=20, seeds=1, progress=False)
 

@@ -57,12 +57,10 @@ def test_scale_selection_notebook(study, notebook_runner, tmp_path):
         **common(root), "metrics_path": str(root / "metrics" / "scale_selection.json"),
         "plots_dir": str(root / "plots"), "classes": ["peak"], "scales_m": [10, 30, 240], "n": 200, "seeds": 2,
         "epochs": 15, "lr": 3e-3, "min_neg_distance_m": 90})
-    from topo2vec_lib import evaluation as ev
 
     metrics = json.loads((root / "metrics" / "scale_selection.json").read_text())
-    upsampling = ev.supports_upsampling(samplers["train"])
-    kept = [10.0, 30.0, 240.0] if upsampling else [30.0, 240.0]  # 10 m/px is finer than the native 30 m/px
-    assert metrics["scales_dropped_m"] == ([] if upsampling else [10.0])
+    kept = [10.0, 30.0, 240.0]
+    assert metrics["scales_upsampled_m"] == [10.0]  # finer than the native 30 m/px: interpolated
     assert metrics["curve"]["peak"]["scale_m"] == kept
     assert metrics["best_scale_m"]["peak"] in (10.0, 30.0)  # the cones are visible at fine scales only
     assert metrics["curve"]["peak"]["mean"][-1] < 0.7 < max(metrics["curve"]["peak"]["mean"])

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from browser import CHROMIUM, load_page
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "params_tiny.yaml"
 MODELS = ["topo2vec-1", "topo2vec-4", "topo2vec-adv", "id", "cnn", "saumoco", "geomorphometry"]
@@ -61,6 +63,13 @@ def test_dvc_repro_runs_the_whole_study(tmp_path):
     report = (repo / "reports" / "index.html").read_text()
     assert "not produced yet" not in report, "the report misses an output of the pipeline"
     assert report.count("data:image/png;base64,") >= 8
+
+    if CHROMIUM:  # the real report, as a reader opens it from disk: every section, no console errors
+        page = load_page(repo / "reports" / "index.html")
+        assert page.console_errors == []
+        for title in ("Data: the synthetic world", "Exp 1: topographic classes (paper Table 1)",
+                      "Exp 2: topography-correlated classes (paper Table 2)", "Scale selection (paper Fig. 4)"):
+            assert title in page.dom
 
     # a second repro has nothing to do: every stage's outputs are cached and up to date
     again = subprocess.run(["dvc", "status"], cwd=repo, env=env, capture_output=True, text=True)

@@ -17,7 +17,6 @@ Differences from the reference code (reference_code_notes.md, section 4), on pur
 """
 from __future__ import annotations
 
-import inspect
 import zlib
 from typing import Mapping, Sequence
 
@@ -63,40 +62,19 @@ def _sampler_region(sampler) -> str | None:
     return getattr(sampler, "region", None)
 
 
-def supports_upsampling(sampler, method: str = "patches") -> bool:
-    """Whether ``sampler.<method>`` takes ``allow_upsampling`` (scales finer than the native pixel)."""
-    try:
-        return "allow_upsampling" in inspect.signature(getattr(sampler, method)).parameters
-    except (AttributeError, TypeError, ValueError):
-        return False
-
-
-def _fine(sampler, res_m: float, method: str) -> dict:
-    """``{"allow_upsampling": True}`` for a scale finer than native when ``method`` supports it, else ``{}``."""
-    if res_m < float(sampler.res_m) - 1e-9 and supports_upsampling(sampler, method):
-        return {"allow_upsampling": True}
-    return {}
-
-
 def valid_places(sampler, lon, lat, res_m: float, size: int = PATCH_SIZE) -> np.ndarray:
     """(N,) bool: the ``size`` px patch at ``res_m`` m/px around each place lies on terrain without nodata
-    (``sampler.valid_places``, upsampling allowed for scales finer than native when the sampler can)."""
-    return np.asarray(sampler.valid_places(lon, lat, res_m, size, **_fine(sampler, res_m, "valid_places")), bool)
+    (``sampler.valid_places``; scales finer than native are interpolated, see :func:`sample_patches`)."""
+    return np.asarray(sampler.valid_places(lon, lat, res_m, size, allow_upsampling=True), bool)
 
 
 def sample_patches(sampler, lon, lat, res_m: float, size: int = PATCH_SIZE) -> np.ndarray:
-    """Raw patches ``(N, size, size)`` in metres at ``res_m`` m/px; finer than native needs sampler upsampling.
+    """Raw patches ``(N, size, size)`` in metres at ``res_m`` m/px.
 
-    Scales finer than the terrain's native pixel are passed to the sampler with
-    ``allow_upsampling=True`` when it has that keyword (bilinear interpolation: no new information).
+    Scales finer than the terrain's native pixel (the paper's 10 m/px on a 30 m DEM) are bilinear
+    interpolation of the native pixels (``allow_upsampling=True``): no new information, as in the paper.
     """
-    native = float(sampler.res_m)
-    if res_m < native - 1e-9:
-        if not supports_upsampling(sampler):
-            raise ValueError(f"res_m={res_m} m/px is finer than the terrain's native {native} m/px and this "
-                             f"sampler has no allow_upsampling keyword; use res_m >= {native}")
-        return sampler.patches(lon, lat, res_m, size, allow_upsampling=True)
-    return sampler.patches(lon, lat, res_m, size)
+    return sampler.patches(lon, lat, res_m, size, allow_upsampling=True)
 
 
 def _normalize(patches: np.ndarray) -> np.ndarray:
@@ -457,10 +435,6 @@ def scale_selection(sampler_train, labels: pd.DataFrame, classes: Sequence[str],
         raise ValueError(f"scales_m must be a non-empty list of positive m/px values, got {list(scales_m)}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    native = float(sampler_train.res_m)
-    if scales[0] < native - 1e-9 and not supports_upsampling(sampler_train):
-        raise ValueError(f"scales {[s for s in scales if s < native]} m/px are finer than the native "
-                         f"{native} m/px and the sampler cannot upsample; use scales >= {native}")
     seed_values = _seed_list(seeds)
     rows = []
     jobs = [(c, s) for c in classes for s in seed_values]
