@@ -274,13 +274,17 @@ class IdEmbedder(Embedder):
 def build_id(config: dict, sampler, *, labels=None, out_path, resume_path=None, seed: int = 0,
              device: str = "auto", progress: bool = True) -> dict:
     """Write the ID baseline's checkpoint (nothing to learn); metrics hold its embedding throughput."""
+    return _build_fixed(IdEmbedder(config), sampler, out_path, resume_path, seed)
+
+
+def _build_fixed(emb, sampler, out_path, resume_path, seed: int, max_res_m: float | None = None) -> dict:
+    """Save a non-learned embedder's checkpoint; metrics: wall time, dimension, embedding throughput."""
     t0 = time.perf_counter()
-    emb = IdEmbedder(config)
     emb.save(out_path)
     wall_s = time.perf_counter() - t0
     _drop_resume(resume_path)
     return {"images_seen": 0, "wall_s": wall_s, "images_per_s": None, "final_loss": None, "history": [],
-            "dim": emb.dim, "embed_places_per_s": _throughput(emb, sampler, emb.res_m, 1000, seed)}
+            "dim": emb.dim, "embed_places_per_s": _throughput(emb, sampler, emb.res_m, 1000, seed, max_res_m)}
 
 
 # =============================================================================================== CNN
@@ -891,14 +895,9 @@ def _as_sampler(sampler_or_terrain):
 def build_geomorphometry(config: dict, sampler, *, labels=None, out_path, resume_path=None, seed: int = 0,
                          device: str = "auto", progress: bool = True) -> dict:
     """Write the geomorphometry baseline's checkpoint (nothing to learn); metrics hold its throughput."""
-    t0 = time.perf_counter()
     emb = GeomorphometryEmbedder(config)
-    emb.save(out_path)
-    wall_s = time.perf_counter() - t0
-    _drop_resume(resume_path)
-    return {"images_seen": 0, "wall_s": wall_s, "images_per_s": None, "final_loss": None, "history": [],
-            "dim": emb.dim, "features": emb.feature_names,
-            "embed_places_per_s": _throughput(emb, sampler, emb.res_m, 1000, seed, max(emb.scales_m))}
+    return {**_build_fixed(emb, sampler, out_path, resume_path, seed, max(emb.scales_m)),
+            "features": emb.feature_names}
 
 
 EMBEDDERS = {"id": IdEmbedder, "cnn": CnnEmbedder, "saumoco": SauMoCoEmbedder,
