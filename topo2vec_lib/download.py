@@ -82,7 +82,7 @@ class HttpConfig:
 
 
 # ---------------------------------------------------------------- connection with two time-outs
-class _HTTPConnection(http.client.HTTPConnection):
+class _ReadTimeout:
     """Connects within ``timeout`` (the connect time-out), then waits up to ``read_timeout`` per read."""
 
     def __init__(self, *args, read_timeout: float, **kwargs):
@@ -94,14 +94,12 @@ class _HTTPConnection(http.client.HTTPConnection):
         self.sock.settimeout(self._read_timeout)
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, read_timeout: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._read_timeout = read_timeout
+class _HTTPConnection(_ReadTimeout, http.client.HTTPConnection):
+    pass
 
-    def connect(self):
-        super().connect()
-        self.sock.settimeout(self._read_timeout)
+
+class _HTTPSConnection(_ReadTimeout, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
