@@ -57,7 +57,7 @@ from topo2vec_lib import paper
 from topo2vec_lib.embedders import load_embedder
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.storage import fill_from_params, atomic_path, load_params, read_json, write_json
+from topo2vec_lib.storage import fill_from_params, atomic_path, read_json, write_json
 from topo2vec_lib.terrain import open_region
 
 if experiment not in paper.SIZES:

@@ -54,7 +54,7 @@ import matplotlib.pyplot as plt
 from topo2vec_lib import evaluation as ev
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.storage import fill_from_params, atomic_path, load_params, write_json
+from topo2vec_lib.storage import fill_from_params, atomic_path, write_json
 from topo2vec_lib.terrain import open_region
 
 DEFAULTS = {"classes": ["peak", "river", "cliff", "saddle"], "scales_m": [10, 20, 30, 45, 60, 90, 120],

@@ -1,9 +1,6 @@
 """Shared test fixtures: tiny georeferenced terrains and a papermill notebook runner."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +8,6 @@ import pytest
 import xarray as xr
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 
 
 def make_terrain(elevation: np.ndarray, res_m: float = 30.0, center_lonlat=(12.0, 47.2),
@@ -46,7 +42,7 @@ def terrain_factory():
 def run_notebook(name: str, out_dir: Path, parameters: dict, cwd: Path = REPO) -> Path:
     """Execute ``notebooks/<name>.py`` (jupytext) through papermill with ``parameters``; return the .ipynb.
 
-    Runs as a subprocess exactly like the DVC stage does, so a failing cell fails the test with its log.
+    Runs in a fresh python3 kernel like the DVC stage does, so a failing cell fails the test with its log.
     """
     import jupytext
     import papermill
@@ -56,7 +52,6 @@ def run_notebook(name: str, out_dir: Path, parameters: dict, cwd: Path = REPO) -
     src = out_dir / f"{name}.src.ipynb"
     jupytext.write(nb, src)
     out = out_dir / f"{name}.ipynb"
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     papermill.execute_notebook(str(src), str(out), parameters=parameters, kernel_name="python3",
                                cwd=str(cwd), progress_bar=False)
     return out

@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
+from topo2vec_lib.training import torch_threads
+
 from topo2vec_lib import baselines as bl
 from topo2vec_lib import geomorphometry as gm
 from topo2vec_lib.sampler import PatchSampler, normalize
@@ -21,10 +23,8 @@ Y = np.broadcast_to(-OFF[:, None], (17, 17))         # metres north of the centr
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """Tiny nets run fastest on one thread (and do not fight other test processes on 2 cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 def cone_world(n=128, spacing=24, height=150.0, radius_px=9, seed=0):

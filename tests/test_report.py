@@ -5,7 +5,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import pytest
 
 from topo2vec_lib.report import Section, build_report, metrics_table
 

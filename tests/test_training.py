@@ -5,6 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from topo2vec_lib.training import torch_threads
 from scipy.ndimage import gaussian_filter
 
 from conftest import make_terrain
@@ -23,10 +25,8 @@ def relief(n=160, seed=0):
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """Tiny networks train faster on one thread (and OpenMP spinning hurts on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -121,10 +121,20 @@ def flow_accumulation(receivers: np.ndarray, shape, weights: np.ndarray | None =
     return acc.reshape(shape)
 
 
+def _terminal_roots(rec: np.ndarray) -> np.ndarray:
+    """Flat index of the terminal cell (outlet or pit, ``rec < 0``) each cell's descent path ends in,
+    by pointer jumping (O(N log path length))."""
+    root = np.where(rec >= 0, rec, np.arange(rec.size))
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            return root
+        root = nxt
+
+
 def _basin_levels(z: np.ndarray, valid: np.ndarray, outlet: np.ndarray) -> np.ndarray:
     """Exact priority-flood fill levels ``(ny, nx)`` (no epsilon) via the graph of drainage basins."""
     ny, nx = z.shape
-    n = ny * nx
     z = np.where(valid, z, np.nan)
     # raise one-cell pits to their lowest neighbour first (never above their final level): far fewer basins
     inner = valid & ~outlet
@@ -139,12 +149,7 @@ def _basin_levels(z: np.ndarray, valid: np.ndarray, outlet: np.ndarray) -> np.nd
     rec = d8_receivers(z, 1.0)
     rec[~valid.ravel()] = -1
     # every cell follows its descent path to a terminal cell (outlet or pit): pointer jumping
-    root = np.where(rec >= 0, rec, np.arange(n))
-    while True:
-        nxt = root[root]
-        if np.array_equal(nxt, root):
-            break
-        root = nxt
+    root = _terminal_roots(rec)
     # pits (terminals that are not outlets) grouped into flats: adjacent pits have equal elevation
     pit = (rec.reshape(ny, nx) < 0) & valid & ~outlet
     pit_label, n_pits = ndimage.label(pit, structure=np.ones((3, 3), bool))
@@ -273,12 +278,7 @@ def _exact_ramp(f: np.ndarray, valid: np.ndarray, outlet: np.ndarray) -> np.ndar
     ny, nx = f.shape
     n = ny * nx
     rec = d8_receivers(f, 1.0)
-    root = np.where(rec >= 0, rec, np.arange(n))
-    while True:
-        nxt = root[root]
-        if np.array_equal(nxt, root):
-            break
-        root = nxt
+    root = _terminal_roots(rec)
     settled = valid.ravel() & outlet.ravel()[root]
     k = np.where(valid, _to_ordinal(np.where(valid, f, 0.0)), 0).ravel()
     big = np.iinfo(np.int64).max

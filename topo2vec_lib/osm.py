@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .download import DownloadError, HttpConfig, TransientError, fetch_bytes
+from .terrain import check_bounds_lonlat
 
 DEFAULT_ENDPOINT = "https://overpass-api.de/api/interpreter"
 """The main public Overpass instance (others: https://overpass.kumi.systems/api/interpreter, ...)."""
@@ -76,17 +77,6 @@ def bbox_tiles(bounds_lonlat, tile_deg: float = 0.5) -> list[tuple[float, float,
     lons = [round(min(lon1, lon0 + i * tile_deg), 6) for i in range(nx + 1)]
     lats = [round(min(lat1, lat0 + j * tile_deg), 6) for j in range(ny + 1)]
     return [(lons[i], lats[j], lons[i + 1], lats[j + 1]) for j in range(ny) for i in range(nx)]
-
-
-def check_bounds_lonlat(bounds) -> tuple[float, float, float, float]:
-    try:
-        lon0, lat0, lon1, lat1 = (float(v) for v in bounds)
-    except (TypeError, ValueError):
-        raise ValueError(f"bounds_lonlat must be (lon_min, lat_min, lon_max, lat_max), got {bounds!r}") from None
-    if not (-180 <= lon0 < lon1 <= 180 and -90 <= lat0 < lat1 <= 90):
-        raise ValueError(f"bounds_lonlat must satisfy -180 <= lon_min < lon_max <= 180 and "
-                         f"-90 <= lat_min < lat_max <= 90, got {bounds!r}")
-    return lon0, lat0, lon1, lat1
 
 
 # ---------------------------------------------------------------- geometry

@@ -19,6 +19,7 @@ import xarray as xr
 
 from topo2vec_lib.sampler import PatchSampler, normalize
 from topo2vec_lib.storage import atomic_path
+from topo2vec_lib.terrain import check_bounds_lonlat
 
 
 def as_sampler(terrain_or_sampler) -> PatchSampler:
@@ -35,24 +36,13 @@ def lonlat_box_to_xy(crs, box_lonlat, densify: int = 21) -> tuple[float, float, 
     ``[lon_min, lat_min, lon_max, lat_max]`` (degrees; its edges are densified, so curved edges are covered)."""
     from pyproj import Transformer
 
-    lon0, lat0, lon1, lat1 = _check_box(box_lonlat)
+    lon0, lat0, lon1, lat1 = check_bounds_lonlat(box_lonlat, "box_lonlat")
     t = np.linspace(0.0, 1.0, densify)
     up_lon, up_lat = lon0 + (lon1 - lon0) * t, lat0 + (lat1 - lat0) * t
     lon = np.concatenate([up_lon, np.full_like(t, lon1), up_lon[::-1], np.full_like(t, lon0)])
     lat = np.concatenate([np.full_like(t, lat0), up_lat, np.full_like(t, lat1), up_lat[::-1]])
     x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
     return float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y))
-
-
-def _check_box(box_lonlat) -> tuple[float, float, float, float]:
-    try:
-        lon0, lat0, lon1, lat1 = (float(v) for v in box_lonlat)
-    except (TypeError, ValueError):
-        raise ValueError(f"box {box_lonlat!r} must be [lon_min, lat_min, lon_max, lat_max] in degrees") from None
-    if not (-180 <= lon0 < lon1 <= 180 and -90 <= lat0 < lat1 <= 90):
-        raise ValueError(f"box {box_lonlat!r} must be [lon_min, lat_min, lon_max, lat_max] with lon_min < lon_max "
-                         f"in [-180, 180] and lat_min < lat_max in [-90, 90] (lon/lat order)")
-    return lon0, lat0, lon1, lat1
 
 
 def grid_xy(bounds_xy, stride_m: float) -> tuple[np.ndarray, np.ndarray]:

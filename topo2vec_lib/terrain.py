@@ -347,3 +347,15 @@ def open_region(terrain_dir: str | os.PathLike, region: str, chunks=None) -> xr.
         if path.exists():
             return open_terrain(path, chunks=chunks)
     raise FileNotFoundError(f"no {region}.zarr or {region}.tif in {terrain_dir}; run the terrain stage first")
+
+
+def check_bounds_lonlat(bounds, what: str = "bounds_lonlat") -> tuple[float, float, float, float]:
+    """(lon_min, lat_min, lon_max, lat_max) as floats, degrees in lon/lat order; ValueError naming ``what``."""
+    try:
+        lon0, lat0, lon1, lat1 = (float(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be (lon_min, lat_min, lon_max, lat_max), got {bounds!r}") from None
+    if not (-180 <= lon0 < lon1 <= 180 and -90 <= lat0 < lat1 <= 90):
+        raise ValueError(f"{what} must satisfy -180 <= lon_min < lon_max <= 180 and "
+                         f"-90 <= lat_min < lat_max <= 90 (lon/lat order), got {bounds!r}")
+    return lon0, lat0, lon1, lat1
