@@ -94,7 +94,8 @@ import numpy as np
 import pandas as pd
 
 from topo2vec_lib import labels as L
-from topo2vec_lib import terrain as T
+from topo2vec_lib import grid as T
+from topo2vec_lib.terrain import open_region
 from topo2vec_lib.storage import atomic_path, write_json
 
 L.check_source(source)
@@ -108,7 +109,7 @@ L.rule_params(**rules)  # validates the names
 # %%
 terrains, tables, seconds = {}, [], {}
 for region in ("train", "test"):
-    terrains[region] = T.open_region(terrain_dir, region)
+    terrains[region] = open_region(terrain_dir, region)
     t0 = time.perf_counter()
     df = L.labels_for_terrain(terrains[region], source, seed=seed, rules=rules, progress=True,
                               osm={"spacing_m": line_spacing_m, **osm}, files=label_files)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from topo2vec_lib.grid import slope_deg
 from topo2vec_lib.training import torch_threads
 
 from topo2vec_lib import baselines as bl
@@ -97,7 +98,7 @@ def moco_run(smooth, tmp_path_factory):
 def test_plane_slope_is_atan_of_gradient_everywhere():
     gx, gy = 0.3, -0.2
     z = (gx * X + gy * Y)[None]
-    slope = gm.slope_deg(z, RES)
+    slope = slope_deg(z, RES)
     np.testing.assert_allclose(slope, np.degrees(np.arctan(np.hypot(gx, gy))), rtol=1e-12)
     d = gm.descriptors(z, RES)[0]
     f = dict(zip(gm.FEATURES, d))

@@ -47,7 +47,7 @@ def _centre_is_varied(png, min_colours=50) -> bool:
 
 
 def test_multiscale_map_renders_offline(terrain, tmp_path):
-    from topo2vec_lib.terrain import xy_to_lonlat
+    from topo2vec_lib.grid import xy_to_lonlat
 
     hs = maps.hillshade_raster(terrain)
     lon, lat = xy_to_lonlat(terrain.rio.crs, terrain.x.values[20:100:10], terrain.y.values[20:100:10])
@@ -66,7 +66,7 @@ def test_multiscale_map_renders_offline(terrain, tmp_path):
 
 
 def test_retrieval_map_renders_offline(terrain, tmp_path):
-    from topo2vec_lib.terrain import xy_to_lonlat
+    from topo2vec_lib.grid import xy_to_lonlat
 
     hs = maps.hillshade_raster(terrain)
     q = xy_to_lonlat(terrain.rio.crs, terrain.x.values[[30, 40]], terrain.y.values[[30, 40]])

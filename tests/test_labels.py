@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from topo2vec_lib.grid import slope_deg
 from topo2vec_lib import labels as L
 
 RES = 30.0
@@ -202,7 +203,7 @@ def test_proxy_rules_hold():
     assert (length_m <= p["aerialway_max_length_m"] + 150).all()
     hr, hc = out["alpine_hut"]
     assert (z[hr, hc] >= np.quantile(z, p["hut_min_elev_quantile"])).all()
-    assert (L.slope_deg(z, RES)[hr, hc] <= p["hut_max_slope_deg"]).all()
+    assert (slope_deg(z, RES)[hr, hc] <= p["hut_max_slope_deg"]).all()
 
 
 # --- terrain -> table, I/O, counts ----------------------------------------------------------------------

@@ -31,7 +31,7 @@ def bumps_terrain(terrain_factory, region, center, n=160, seed=0):
 
 
 def peak_labels(terrain, rows, cols):
-    from topo2vec_lib.terrain import xy_to_lonlat
+    from topo2vec_lib.grid import xy_to_lonlat
 
     lon, lat = xy_to_lonlat(terrain.rio.crs, terrain.x.values[cols], terrain.y.values[rows])
     return pd.DataFrame({"lon": lon, "lat": lat, "class": "peak", "source": "test",
@@ -68,7 +68,7 @@ def test_probes_find_peaks_on_the_test_grid(world):
 
 def test_to_web_mercator_places_a_pixel_where_it_is(terrain_factory):
     """A single bright pixel at a known lon/lat must appear at that lon/lat in the reprojected overlay."""
-    from topo2vec_lib.terrain import lonlat_to_xy
+    from topo2vec_lib.grid import lonlat_to_xy
 
     da = terrain_factory(np.zeros((100, 120), np.float32), center_lonlat=(7.6, 46.6))
     lon0, lat0 = 7.605, 46.597
@@ -221,7 +221,7 @@ def test_upsample_terrain_gives_finer_patches(terrain_factory):
 def test_nearest_label_within_radius(world):
     _, test, labels = world
     t = labels[labels.region == "test"]
-    from topo2vec_lib.terrain import lonlat_to_xy, xy_to_lonlat
+    from topo2vec_lib.grid import lonlat_to_xy, xy_to_lonlat
 
     x, y = lonlat_to_xy(test.rio.crs, t.lon.values[:2], t.lat.values[:2])
     lon, lat = xy_to_lonlat(test.rio.crs, x + np.array([40.0, 200.0]), y)
@@ -297,7 +297,7 @@ def test_retrieval_notebook_smoke(tiny_study, notebook_runner, tmp_path):
 
 
 def test_densest_box_prefers_the_box_with_every_class():
-    from topo2vec_lib.terrain import xy_to_lonlat
+    from topo2vec_lib.grid import xy_to_lonlat
 
     crs = "EPSG:3035"
     x0, y0 = 4_100_000.0, 2_600_000.0

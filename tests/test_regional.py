@@ -7,7 +7,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from topo2vec_lib.regional import embed_region, embed_xy, grid_xy, lonlat_box_to_xy, open_region_embedding, valid_mask
+from topo2vec_lib.grid import lonlat_box_to_xy
+from topo2vec_lib.regional import embed_region, embed_xy, grid_xy, open_region_embedding, valid_mask
 from topo2vec_lib.sampler import PatchSampler, normalize
 
 

@@ -7,7 +7,7 @@ from conftest import make_terrain
 from topo2vec_lib.hydrology import d8_receivers, fill_depressions, flow_accumulation
 from topo2vec_lib.synthetic import (fbm, region_rng, relief_statistics, synthetic_elevation,
                                     synthetic_terrain)
-from topo2vec_lib.terrain import slope_deg
+from topo2vec_lib.grid import slope_deg
 
 TRAIN_C, TEST_C = (12.0, 47.2), (7.6, 46.6)
 

@@ -9,9 +9,9 @@ import rasterio
 from rasterio.transform import from_origin
 
 from conftest import make_terrain
-from topo2vec_lib.terrain import (PAPER_REGIONS, geotiff_terrain, grid_coords, hillshade, load_terrain,
-                                  lonlat_to_xy, open_terrain, region_window, save_terrain, slope_deg,
-                                  window_bounds, xy_to_lonlat)
+from topo2vec_lib.grid import (PAPER_REGIONS, grid_coords, hillshade, lonlat_to_xy, region_window, slope_deg,
+                               window_bounds, xy_to_lonlat)
+from topo2vec_lib.terrain import geotiff_terrain, load_terrain, open_terrain, save_terrain
 
 TRAIN_C = (12.0, 47.2)
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from topo2vec_lib.grid import slope_deg
+
 FEATURES = ("slope_mean_deg", "slope_max_deg", "profile_curv", "plan_curv", "general_curv",
             "tpi_m", "relief_m", "roughness_m", "n_higher", "n_lower")
 FLAT_DEG = 1.0
@@ -46,13 +48,6 @@ def _check_patches(z, res_m: float) -> np.ndarray:
     if not np.isfinite(res_m) or res_m <= 0:
         raise ValueError(f"res_m={res_m!r} is not valid; expected a positive pixel size in metres")
     return z
-
-
-def slope_deg(z, res_m: float) -> np.ndarray:
-    """Slope in degrees at every pixel, ``(N, S, S)``, from central differences with spacing ``res_m``."""
-    z = _check_patches(z, res_m)
-    dz_dy_south, dz_dx = np.gradient(z, res_m, axis=(1, 2))
-    return np.degrees(np.arctan(np.hypot(dz_dx, dz_dy_south)))
 
 
 def quadratic_fit(z, res_m: float) -> np.ndarray:

@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from topo2vec_lib.grid import slope_deg, xy_to_lonlat
 from topo2vec_lib.storage import atomic_path
 
 LABEL_COLUMNS = ["lon", "lat", "class", "source", "region"]
@@ -185,13 +186,6 @@ def _empty() -> tuple[np.ndarray, np.ndarray]:
 def _unravel(flat: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
     r, c = np.unravel_index(np.asarray(flat, np.int64), shape)
     return r.astype(np.int64), c.astype(np.int64)
-
-
-def slope_deg(dem: np.ndarray, res_m: float) -> np.ndarray:
-    """Slope in degrees ``(ny, nx)`` from central differences (one-sided at the edges); NaN near nodata."""
-    dem = _check_dem(dem, res_m)
-    dzdy, dzdx = np.gradient(dem, res_m)
-    return np.degrees(np.arctan(np.hypot(dzdx, dzdy)))
 
 
 def thin_points(rows, cols, score, spacing_px: float) -> np.ndarray:
@@ -709,7 +703,6 @@ def derive_labels(terrain, seed: int = 0, classes: Iterable[str] | None = None, 
         raise ValueError("terrain has no CRS (terrain.rio.crs is None); write one with .rio.write_crs")
     region = str(terrain.attrs.get("region", "unknown"))
     cells = derive_cells(terrain.values, res_m, seed=seed, classes=classes, progress=progress, **params)
-    from topo2vec_lib.terrain import xy_to_lonlat
 
     xs, ys = np.asarray(terrain.x.values), np.asarray(terrain.y.values)
     frames = []

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from topo2vec_lib.regional import embed_xy, grid_xy, lonlat_box_to_xy
+from topo2vec_lib.grid import hillshade, lonlat_box_to_xy, lonlat_to_xy, xy_to_lonlat
+from topo2vec_lib.regional import embed_xy, grid_xy
 from topo2vec_lib.storage import atomic_path
 
 # paper Fig. 5: peaks blue, saddles green, cliffs red, rivers yellow
@@ -120,8 +121,6 @@ def dominant_class(scores: xr.DataArray) -> np.ndarray:
 
 def _grid_index(scores: xr.DataArray, crs, lon, lat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row, column of the grid cell holding each lon/lat place and a mask of places inside the grid."""
-    from topo2vec_lib.terrain import lonlat_to_xy
-
     x, y = lonlat_to_xy(crs, np.asarray(lon, float), np.asarray(lat, float))
     xs, ys = np.asarray(scores["x"].values), np.asarray(scores["y"].values)
     stride = float(xs[1] - xs[0]) if xs.size > 1 else float(ys[0] - ys[1])
@@ -133,8 +132,6 @@ def _grid_index(scores: xr.DataArray, crs, lon, lat) -> tuple[np.ndarray, np.nda
 
 def label_in_box(labels: pd.DataFrame, crs, bounds_xy) -> np.ndarray:
     """``(N,)`` bool: label points (lon/lat) inside ``bounds_xy = (left, bottom, right, top)`` metres of ``crs``."""
-    from topo2vec_lib.terrain import lonlat_to_xy
-
     x, y = lonlat_to_xy(crs, labels["lon"].to_numpy(float), labels["lat"].to_numpy(float))
     left, bottom, right, top = bounds_xy
     return (x >= left) & (x <= right) & (y >= bottom) & (y <= top)
@@ -144,8 +141,6 @@ def densest_box(labels: pd.DataFrame, crs, bounds_xy, side_m: float, classes: Se
     """The ``side_m`` square inside ``bounds_xy`` (metres of ``crs``) holding the most label points of the
     rarest of ``classes`` (ties: the most points in all), searched on centres ``side_m / 4`` apart.
     Returns ``(left, bottom, right, top)``; a map of it shows every class."""
-    from topo2vec_lib.terrain import lonlat_to_xy
-
     left, bottom, right, top = bounds_xy
     side_m = min(float(side_m), right - left, top - bottom)
     half = side_m / 2
@@ -169,8 +164,6 @@ def nearest_label(lon, lat, labels: pd.DataFrame, crs, radius_m: float) -> list:
     """For each place (lon/lat ``(N,)``): the class of the nearest label point within ``radius_m`` metres
     (distance in ``crs``), or None."""
     from scipy.spatial import cKDTree
-
-    from topo2vec_lib.terrain import lonlat_to_xy
 
     lon, lat = np.atleast_1d(np.asarray(lon, float)), np.atleast_1d(np.asarray(lat, float))
     if len(labels) == 0:
@@ -238,8 +231,6 @@ def to_web_mercator(da: xr.DataArray, crs, resampling: str = "bilinear") -> tupl
     import rioxarray  # noqa: F401
     from rasterio.enums import Resampling
 
-    from topo2vec_lib.terrain import xy_to_lonlat
-
     src = da.astype(np.float32).rio.write_crs(crs).rio.write_nodata(np.nan)
     web = src.rio.reproject(WEB_CRS, resampling=getattr(Resampling, resampling), nodata=np.nan)
     left, bottom, right, top = web.rio.bounds()
@@ -249,8 +240,6 @@ def to_web_mercator(da: xr.DataArray, crs, resampling: str = "bilinear") -> tupl
 
 def hillshade_raster(terrain: xr.DataArray, bounds_xy=None, margin_m: float = 0.0) -> xr.DataArray:
     """Hillshade ``(y, x)`` in [0, 1] of the terrain (clipped to ``bounds_xy`` plus ``margin_m``), same coords."""
-    from topo2vec_lib.terrain import hillshade
-
     if bounds_xy is not None:
         left, bottom, right, top = bounds_xy
         terrain = terrain.sel(x=slice(left - margin_m, right + margin_m), y=slice(top + margin_m, bottom - margin_m))
@@ -586,7 +575,6 @@ def retrieve_in_region(region: xr.Dataset, query_embeddings: np.ndarray, k: int,
     flat = emb.reshape(-1, dim).copy()
     xs, ys = np.meshgrid(region["x"].values, region["y"].values)
     if exclude_radius_m > 0 and query_lonlat is not None:
-        from topo2vec_lib.terrain import lonlat_to_xy
 
         qx, qy = lonlat_to_xy(crs, *query_lonlat)
         near = np.zeros(xs.shape, bool)

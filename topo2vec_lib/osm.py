@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .download import DownloadError, HttpConfig, TransientError, fetch_bytes
-from .terrain import check_bounds_lonlat
+from .grid import check_bounds_lonlat, lonlat_to_xy
 
 DEFAULT_ENDPOINT = "https://overpass-api.de/api/interpreter"
 """The main public Overpass instance (others: https://overpass.kumi.systems/api/interpreter, ...)."""
@@ -234,10 +234,7 @@ def osm_labels_for_terrain(terrain, classes, **kwargs) -> pd.DataFrame:
 
 def clip_to_terrain(df: pd.DataFrame, terrain) -> pd.DataFrame:
     """The rows of a label table whose lon/lat fall inside the terrain's x/y window."""
-    from pyproj import Transformer
-
-    x, y = Transformer.from_crs("EPSG:4326", terrain.rio.crs, always_xy=True).transform(df.lon.to_numpy(),
-                                                                                        df.lat.to_numpy())
+    x, y = lonlat_to_xy(terrain.rio.crs, df.lon.to_numpy(), df.lat.to_numpy())
     xmin, ymin, xmax, ymax = terrain.rio.bounds()
     inside = (x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)
     return df[inside].reset_index(drop=True)

@@ -8,7 +8,6 @@ the graph once, as delayed objects). Places whose patch leaves the terrain or to
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -19,7 +18,7 @@ import xarray as xr
 
 from topo2vec_lib.sampler import PatchSampler, normalize
 from topo2vec_lib.storage import atomic_path
-from topo2vec_lib.terrain import check_bounds_lonlat
+from topo2vec_lib.grid import xy_to_lonlat
 
 
 def as_sampler(terrain_or_sampler) -> PatchSampler:
@@ -29,20 +28,6 @@ def as_sampler(terrain_or_sampler) -> PatchSampler:
     if isinstance(terrain_or_sampler, xr.DataArray):
         return PatchSampler(terrain_or_sampler)
     raise ValueError(f"expected a terrain xarray.DataArray or a PatchSampler, got {type(terrain_or_sampler).__name__}")
-
-
-def lonlat_box_to_xy(crs, box_lonlat, densify: int = 21) -> tuple[float, float, float, float]:
-    """Bounding box ``(left, bottom, right, top)`` in metres of ``crs`` of a lon/lat box
-    ``[lon_min, lat_min, lon_max, lat_max]`` (degrees; its edges are densified, so curved edges are covered)."""
-    from pyproj import Transformer
-
-    lon0, lat0, lon1, lat1 = check_bounds_lonlat(box_lonlat, "box_lonlat")
-    t = np.linspace(0.0, 1.0, densify)
-    up_lon, up_lat = lon0 + (lon1 - lon0) * t, lat0 + (lat1 - lat0) * t
-    lon = np.concatenate([up_lon, np.full_like(t, lon1), up_lon[::-1], np.full_like(t, lon0)])
-    lat = np.concatenate([np.full_like(t, lat0), up_lat, np.full_like(t, lat1), up_lat[::-1]])
-    x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
-    return float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y))
 
 
 def grid_xy(bounds_xy, stride_m: float) -> tuple[np.ndarray, np.ndarray]:
@@ -115,15 +100,8 @@ def _embed_block(yy: np.ndarray, xx: np.ndarray, *, embedder, sampler, res_m, si
     return vec.reshape(yy.shape + (vec.shape[1],))
 
 
-@functools.lru_cache(maxsize=8)
-def _to_lonlat(crs_wkt: str):
-    from pyproj import Transformer
-
-    return Transformer.from_crs(crs_wkt, "EPSG:4326", always_xy=True)
-
-
 def _lonlat_block(yy: np.ndarray, xx: np.ndarray, *, crs_wkt: str, which: int) -> np.ndarray:
-    lon, lat = _to_lonlat(crs_wkt).transform(xx, yy)
+    lon, lat = xy_to_lonlat(crs_wkt, xx, yy)
     return np.asarray((lon, lat)[which], dtype=np.float64)
 
 

@@ -9,14 +9,15 @@ One call samples a whole batch with vectorised numpy gathers, in chunks spread o
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xarray as xr
-from pyproj import CRS, Transformer
+from pyproj import CRS
+
+from topo2vec_lib.grid import LONLAT, transformer
 
 _CHUNK_SAMPLES = 65536  # samples per vectorised gather (~226 patches of 17 x 17): temporaries stay in cache
 _REL_TOL = 1e-9        # relative tolerance when comparing a resolution to the terrain's
@@ -36,14 +37,6 @@ class NodataError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-@functools.lru_cache(maxsize=16)
-def _transformer(crs_wkt: str, inverse: bool) -> Transformer:
-    crs = CRS.from_wkt(crs_wkt)
-    if inverse:
-        return Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    return Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-
-
 def _as_places(a, b, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
     """Two coordinate arrays as float64 ``(N,)``; ValueError naming the first non-finite value."""
     a = np.atleast_1d(np.asarray(a, dtype=np.float64))
@@ -177,7 +170,7 @@ class PatchSampler:
         bad = np.flatnonzero(np.abs(lat) > 90)
         if bad.size:
             raise ValueError(f"lat[{bad[0]}] = {lat[bad[0]]} is outside [-90, 90] degrees (lon/lat order?)")
-        x, y = _transformer(self._wkt, False).transform(lon, lat)
+        x, y = transformer(LONLAT, self._wkt).transform(lon, lat)
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         bad = np.flatnonzero(~(np.isfinite(x) & np.isfinite(y)))
         if bad.size:
@@ -188,7 +181,7 @@ class PatchSampler:
     def to_lonlat(self, x, y) -> tuple[np.ndarray, np.ndarray]:
         """x, y (metres in ``crs``, ``(N,)``) -> lon, lat (EPSG:4326 degrees, ``(N,)`` float64)."""
         x, y = _as_places(x, y, ("x", "y"))
-        lon, lat = _transformer(self._wkt, True).transform(x, y)
+        lon, lat = transformer(self._wkt, LONLAT).transform(x, y)
         return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
 
     # -------------------------------------------------------------------------------- checks

@@ -36,6 +36,7 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
+from .grid import make_dataarray, region_lonlat_of, region_window, slope_deg, values_res
 from .hydrology import d8_receivers, fill_depressions, flow_accumulation
 
 HURST = 0.85
@@ -277,8 +278,6 @@ def synthetic_terrain(region: str, center_lonlat, size_km: float, res_m: float =
     A ``size_km`` square window at ``res_m`` m/px around ``center_lonlat`` (lon, lat), which must lie in the
     region's polygon. Same arguments -> bit-identical array; another seed or region -> another world.
     """
-    from .terrain import make_dataarray, region_lonlat_of, region_window
-
     bounds = region_window(region, center_lonlat, size_km, res_m, crs, region_lonlat=region_lonlat)
     res_m = float(res_m)
     nx, ny = int(round((bounds[2] - bounds[0]) / res_m)), int(round((bounds[3] - bounds[1]) / res_m))
@@ -297,9 +296,7 @@ def relief_statistics(da, lags_px=(1, 2, 4, 8, 16, 32, 64), mountain_relief_m: f
     - roughness vs scale: std of elevation differences at each lag (x and y pooled), and its log-log
       slope over lags up to 1 km, the Hurst exponent (real terrain: about 0.6-0.9).
     """
-    from .terrain import _values_res, slope_deg
-
-    z, res_m = _values_res(da, res_m)
+    z, res_m = values_res(da, res_m)
     valid = np.isfinite(z)
     out = {"shape": list(z.shape), "res_m": res_m, "nodata_fraction": float(1 - valid.mean())}
     if not valid.any():

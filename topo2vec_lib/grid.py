@@ -1,0 +1,221 @@
+"""Raster and geodesy building blocks shared by every module (the package's lowest layer).
+
+Like xarray-spatial's ``utils``: small functions over numpy arrays and xarray DataArrays, importing nothing
+else of topo2vec_lib. Conventions (docs/architecture.md): places are lon/lat degrees of EPSG:4326, always in
+that order; rasters are ``(ny, nx)`` (row 0 = north) in a projected CRS in metres at ``res_m`` m/px, pixel
+centres as coordinates; bounds are ``(xmin, ymin, xmax, ymax)`` metres of pixel edges.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import xarray as xr
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
+
+PAPER_REGIONS: dict[str, tuple[float, float, float, float]] = {
+    "train": (10.0, 45.0, 15.0, 50.0), "test": (5.0, 45.0, 10.0, 50.0)}
+"""The paper's polygons as (lon_min, lat_min, lon_max, lat_max), EPSG:4326 degrees."""
+
+LONLAT = "EPSG:4326"
+
+
+# ---------------------------------------------------------------- coordinate reference systems
+@functools.lru_cache(maxsize=64)
+def transformer(src: str, dst: str) -> Transformer:
+    """The cached pyproj ``Transformer`` from ``src`` to ``dst`` (any pyproj CRS string or WKT), x/y = lon/lat order."""
+    return Transformer.from_crs(src, dst, always_xy=True)
+
+
+def crs_string(crs) -> str:
+    """A hashable text form of a CRS (pyproj/rasterio CRS objects become WKT, strings stay)."""
+    if isinstance(crs, str):
+        return crs
+    return crs.to_wkt() if hasattr(crs, "to_wkt") else str(crs)
+
+
+def check_crs(crs) -> str:
+    """Return ``crs`` as a string if it is a projected CRS in metres, else raise ValueError."""
+    try:
+        parsed = CRS.from_user_input(crs)
+    except CRSError as err:
+        raise ValueError(f"crs {crs!r} is not a valid CRS (use e.g. 'EPSG:3035' or a UTM zone)") from err
+    units = {a.unit_name for a in parsed.axis_info}
+    if not parsed.is_projected or not units <= {"metre", "meter"}:
+        raise ValueError(f"crs {crs!r} must be a projected CRS in metres (e.g. 'EPSG:3035'), got units {units}")
+    return crs_string(crs)
+
+
+def lonlat_to_xy(crs, lon, lat) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat degrees (EPSG:4326) -> x, y metres in ``crs``; arrays of any shape (same as inputs)."""
+    x, y = transformer(LONLAT, crs_string(crs)).transform(np.asarray(lon, float), np.asarray(lat, float))
+    return np.asarray(x), np.asarray(y)
+
+
+def xy_to_lonlat(crs, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """x, y metres in ``crs`` -> lon, lat degrees (EPSG:4326); arrays of any shape."""
+    lon, lat = transformer(crs_string(crs), LONLAT).transform(np.asarray(x, float), np.asarray(y, float))
+    return np.asarray(lon), np.asarray(lat)
+
+
+def lonlat_box_to_xy(crs, box_lonlat, densify: int = 21) -> tuple[float, float, float, float]:
+    """Bounding box ``(left, bottom, right, top)`` in metres of ``crs`` of a lon/lat box
+    ``[lon_min, lat_min, lon_max, lat_max]`` (degrees; its edges are densified, so curved edges are covered)."""
+    lon0, lat0, lon1, lat1 = check_bounds_lonlat(box_lonlat, "box_lonlat")
+    t = np.linspace(0.0, 1.0, densify)
+    up_lon, up_lat = lon0 + (lon1 - lon0) * t, lat0 + (lat1 - lat0) * t
+    lon = np.concatenate([up_lon, np.full_like(t, lon1), up_lon[::-1], np.full_like(t, lon0)])
+    lat = np.concatenate([np.full_like(t, lat0), up_lat, np.full_like(t, lat1), up_lat[::-1]])
+    x, y = lonlat_to_xy(crs, lon, lat)
+    return float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y))
+
+
+# ---------------------------------------------------------------- checked scalars
+def check_positive(name: str, value) -> float:
+    """``value`` as a finite float > 0, else ValueError naming ``name``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from err
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return v
+
+
+def check_lonlat(center_lonlat, what: str = "center_lonlat") -> tuple[float, float]:
+    """``[lon, lat]`` degrees as two floats; ValueError for another shape, type or range."""
+    if isinstance(center_lonlat, (str, bytes)) or np.size(center_lonlat) != 2:
+        raise ValueError(f"{what} must be [lon, lat] in degrees, got {center_lonlat!r}")
+    try:
+        lon, lat = (float(v) for v in center_lonlat)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} must be [lon, lat] in degrees, got {center_lonlat!r}") from err
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        raise ValueError(f"{what} must be [lon, lat] with lon in [-180, 180], lat in [-90, 90], "
+                         f"got {center_lonlat!r}")
+    return lon, lat
+
+
+def check_bounds_lonlat(bounds, what: str = "bounds_lonlat") -> tuple[float, float, float, float]:
+    """(lon_min, lat_min, lon_max, lat_max) as floats, degrees in lon/lat order; ValueError naming ``what``."""
+    try:
+        lon0, lat0, lon1, lat1 = (float(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be (lon_min, lat_min, lon_max, lat_max), got {bounds!r}") from None
+    if not (-180 <= lon0 < lon1 <= 180 and -90 <= lat0 < lat1 <= 90):
+        raise ValueError(f"{what} must satisfy -180 <= lon_min < lon_max <= 180 and "
+                         f"-90 <= lat_min < lat_max <= 90 (lon/lat order), got {bounds!r}")
+    return lon0, lat0, lon1, lat1
+
+
+# ---------------------------------------------------------------- windows and grids
+def window_bounds(center_lonlat, size_km: float, res_m: float, crs: str = "EPSG:3035"
+                  ) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) metres of a square window of about ``size_km`` centred on a lon/lat.
+
+    Edges are snapped to multiples of ``res_m`` (same rule as ``tests/conftest.make_terrain``), and the
+    window holds ``n = round(size_km * 1000 / res_m)`` pixels a side (at least 3).
+    """
+    lon, lat = check_lonlat(center_lonlat)
+    size_km = check_positive("size_km", size_km)
+    res_m = check_positive("res_m", res_m)
+    check_crs(crs)
+    n = max(3, int(round(size_km * 1000.0 / res_m)))
+    cx, cy = (float(v) for v in lonlat_to_xy(crs, lon, lat))
+    xmin = math.floor(cx / res_m) * res_m - (n // 2) * res_m
+    ymax = math.floor(cy / res_m) * res_m + (n // 2) * res_m
+    return (xmin, ymax - n * res_m, xmin + n * res_m, ymax)
+
+
+def region_lonlat_of(region: str, region_lonlat=None) -> tuple[float, float, float, float]:
+    """The (lon_min, lat_min, lon_max, lat_max) polygon of ``region`` (a paper region or given explicitly)."""
+    if region_lonlat is not None:
+        box = tuple(float(v) for v in region_lonlat)
+        if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
+            raise ValueError(f"region_lonlat must be (lon_min, lat_min, lon_max, lat_max), got {region_lonlat!r}")
+        return box  # type: ignore[return-value]
+    if region not in PAPER_REGIONS:
+        raise ValueError(f"unknown region {region!r}: use one of {sorted(PAPER_REGIONS)} or pass region_lonlat")
+    return PAPER_REGIONS[region]
+
+
+def region_window(region: str, center_lonlat, size_km: float, res_m: float, crs: str = "EPSG:3035",
+                  region_lonlat=None) -> tuple[float, float, float, float]:
+    """:func:`window_bounds`, checked to lie inside the region's lon/lat polygon (ValueError otherwise).
+
+    The window's outline (corners and points along its edges) is transformed to lon/lat and must fall
+    inside ``region_lonlat_of(region, region_lonlat)``.
+    """
+    box = region_lonlat_of(region, region_lonlat)
+    bounds = window_bounds(center_lonlat, size_km, res_m, crs)
+    xmin, ymin, xmax, ymax = bounds
+    t = np.linspace(0.0, 1.0, 9)
+    xs = np.concatenate([xmin + t * (xmax - xmin), np.full(9, xmax), xmax - t * (xmax - xmin), np.full(9, xmin)])
+    ys = np.concatenate([np.full(9, ymin), ymin + t * (ymax - ymin), np.full(9, ymax), ymax - t * (ymax - ymin)])
+    lon, lat = xy_to_lonlat(crs, xs, ys)
+    inside = (lon >= box[0]) & (lon <= box[2]) & (lat >= box[1]) & (lat <= box[3])
+    if not inside.all():
+        raise ValueError(
+            f"the {size_km} km window centred on {list(center_lonlat)} spans lon {lon.min():.3f}..{lon.max():.3f}, "
+            f"lat {lat.min():.3f}..{lat.max():.3f}, which is not inside region {region!r} {list(box)}; "
+            f"move the centre or shrink size_km")
+    return bounds
+
+
+def grid_coords(bounds, res_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre ``x`` (west->east) and ``y`` (north->south) of a window (xmin, ymin, xmax, ymax)."""
+    xmin, ymin, xmax, ymax = bounds
+    nx, ny = int(round((xmax - xmin) / res_m)), int(round((ymax - ymin) / res_m))
+    return xmin + (np.arange(nx) + 0.5) * res_m, ymax - (np.arange(ny) + 0.5) * res_m
+
+
+def make_dataarray(elevation: np.ndarray, bounds, res_m: float, crs: str, *, region: str, region_lonlat,
+                   source: str) -> xr.DataArray:
+    """Wrap a ``(ny, nx)`` array (row 0 = north) covering ``bounds`` into a terrain DataArray."""
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    x, y = grid_coords(bounds, res_m)
+    elevation = np.asarray(elevation, dtype=np.float32)
+    if elevation.shape != (y.size, x.size):
+        raise ValueError(f"elevation shape {elevation.shape} does not match the window's {(y.size, x.size)}")
+    da = xr.DataArray(elevation, dims=("y", "x"), coords={"y": y, "x": x}, name="elevation",
+                      attrs={"res_m": float(res_m), "region": str(region),
+                             "region_lonlat": [float(v) for v in region_lonlat], "source": str(source),
+                             "units": "m"})
+    return da.rio.write_crs(crs).rio.write_transform()
+
+
+# ---------------------------------------------------------------- derived rasters
+def values_res(da, res_m: float | None = None) -> tuple[np.ndarray, float]:
+    """``(float64 values, res_m)`` of a terrain DataArray (``res_m`` from its attrs) or of a plain array."""
+    if isinstance(da, xr.DataArray):
+        res_m = float(da.attrs.get("res_m", res_m) if res_m is None else res_m)
+        z = np.asarray(da.values, dtype=np.float64)
+    else:
+        z = np.asarray(da, dtype=np.float64)
+    if res_m is None:
+        raise ValueError("res_m is needed for a plain array (metres per pixel)")
+    return z, check_positive("res_m", res_m)
+
+
+def slope_deg(z, res_m: float | None = None) -> np.ndarray:
+    """Slope in degrees over the last two axes of ``z``: a terrain DataArray or an array ``(ny, nx)`` /
+    ``(N, ny, nx)`` of metres at ``res_m`` m/px; central differences (one-sided at the edges), NaN next to NaN."""
+    z, res_m = values_res(z, res_m)
+    dz_dy, dz_dx = np.gradient(z, res_m, axis=(-2, -1))
+    return np.degrees(np.arctan(np.hypot(dz_dx, dz_dy)))
+
+
+def hillshade(da, azimuth: float = 315.0, altitude: float = 45.0, res_m: float | None = None,
+              exaggeration: float = 1.0) -> np.ndarray:
+    """Hillshade ``(ny, nx)`` in [0, 1] (NaN for nodata), light from ``azimuth`` degrees clockwise from north."""
+    z, res_m = values_res(da, res_m)
+    gy, gx = np.gradient(z * exaggeration, res_m)
+    dz_east, dz_north = gx, -gy  # row 0 is north: rows increase southwards
+    az, alt = np.radians(azimuth), np.radians(altitude)
+    light = np.array([np.cos(alt) * np.sin(az), np.cos(alt) * np.cos(az), np.sin(alt)])
+    norm = np.sqrt(dz_east ** 2 + dz_north ** 2 + 1.0)
+    shade = (-dz_east * light[0] - dz_north * light[1] + light[2]) / norm
+    return np.clip(shade, 0.0, 1.0)
