@@ -420,3 +420,12 @@ def _bilinear(level: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     se -= sw; se *= fx; se += sw                      # south row
     se -= ne; se *= fy; se += ne                      # north + (south - north) * fy
     return se
+
+
+def as_sampler(terrain_or_sampler) -> PatchSampler:
+    """A :class:`PatchSampler` for a terrain DataArray, or the sampler itself."""
+    if isinstance(terrain_or_sampler, PatchSampler):
+        return terrain_or_sampler
+    if isinstance(terrain_or_sampler, xr.DataArray):
+        return PatchSampler(terrain_or_sampler)
+    raise ValueError(f"expected a PatchSampler or a terrain xarray.DataArray, got {type(terrain_or_sampler).__name__}")
