@@ -38,13 +38,13 @@ RES_M = 30.0
 
 def make_embedder(kind: str):
     if kind == "id":
-        from topo2vec_lib.baselines import IdEmbedder
+        from topo2vec_lib.models.identity import IdEmbedder
 
         return IdEmbedder()
     import torch
 
-    from topo2vec_lib.embedders import Topo2Vec
-    from topo2vec_lib.networks import Encoder
+    from topo2vec_lib.models import Topo2Vec
+    from topo2vec_lib.models.networks import Encoder
 
     torch.manual_seed(0)
     return Topo2Vec(Encoder(), {"k": 4, "name": "topo2vec-4 (untrained)"}, name="topo2vec-4")

@@ -8,10 +8,17 @@ import pytest
 import torch
 
 from topo2vec_lib.grid import slope_deg
-from topo2vec_lib.training import torch_threads
-
-from topo2vec_lib import baselines as bl
 from topo2vec_lib import geomorphometry as gm
+from topo2vec_lib.models import MODELS, load_embedder, model_config, train_model
+from topo2vec_lib.models import cnn as cnn_model
+from topo2vec_lib.models import saumoco as saumoco_model
+from topo2vec_lib.models.checkpoints import load_checkpoint, save_checkpoint
+from topo2vec_lib.models.cnn import CnnEmbedder, cnn_examples
+from topo2vec_lib.models.config import CnnConfig, GeomorphometryConfig, SauMoCoConfig
+from topo2vec_lib.models.geomorphometry import GeomorphometryEmbedder
+from topo2vec_lib.models.identity import IdEmbedder
+from topo2vec_lib.models.saumoco import SauMoCoEmbedder, random_dihedral, saumoco_chunk
+from topo2vec_lib.models.trainer import torch_threads
 from topo2vec_lib.sampler import PatchSampler, normalize
 
 RES = 30.0
@@ -82,7 +89,7 @@ MOCO_CFG = {"kind": "saumoco", "images": 256, "epochs": 3, "batch_size": 32, "qu
 def cnn_run(cones, tmp_path_factory):
     _, s, labels = cones
     out = tmp_path_factory.mktemp("cnn") / "cnn.pt"
-    metrics = bl.train_cnn(CNN_CFG, s, labels=labels, out_path=out, seed=0, progress=False)
+    metrics = train_model(CNN_CFG, s, labels=labels, out_path=out, seed=0, progress=False)
     return out, metrics
 
 
@@ -90,7 +97,7 @@ def cnn_run(cones, tmp_path_factory):
 def moco_run(smooth, tmp_path_factory):
     _, s = smooth
     out = tmp_path_factory.mktemp("moco") / "saumoco.pt"
-    metrics = bl.train_saumoco(MOCO_CFG, s, labels=None, out_path=out, seed=0, progress=False)
+    metrics = train_model(MOCO_CFG, s, labels=None, out_path=out, seed=0, progress=False)
     return out, metrics
 
 
@@ -160,7 +167,7 @@ def test_descriptors_nan_and_bad_shapes():
 
 def test_geomorphometry_embedder_scales_and_units(smooth, tmp_path):
     t, s = smooth
-    emb = bl.GeomorphometryEmbedder({"scales_m": [30, 60]})
+    emb = GeomorphometryEmbedder({"scales_m": [30, 60]})
     lon, lat = s.random_places(5, 0, 120.0)              # the largest footprint asked for below
     v = emb.embed(s, lon, lat)
     assert v.shape == (5, 20) and v.dtype == np.float32 and emb.dim == 20
@@ -173,7 +180,7 @@ def test_geomorphometry_embedder_scales_and_units(smooth, tmp_path):
     np.testing.assert_allclose(v2[:, :10], v[:, 10:], rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="raw-metre"):
         emb.embed_patches(normalize(raw30))                 # normalised single patches are refused
-    one = bl.GeomorphometryEmbedder({"scales_m": [30]})
+    one = GeomorphometryEmbedder({"scales_m": [30]})
     assert one.embed_patches(raw30).shape == (5, 10)
 
 
@@ -181,7 +188,7 @@ def test_geomorphometry_embedder_scales_and_units(smooth, tmp_path):
 def test_id_embeds_the_flat_normalised_patch(smooth, tmp_path):
     _, s = smooth
     lon, lat = s.random_places(4, 1, RES)
-    emb = bl.IdEmbedder()
+    emb = IdEmbedder()
     v = emb.embed(s, lon, lat)
     assert v.shape == (4, 289) and emb.dim == 289
     np.testing.assert_allclose(v, normalize(s.patches(lon, lat, RES)).reshape(4, 289))
@@ -201,9 +208,8 @@ def test_cnn_shapes_learns_and_beats_chance(cnn_run, cones):
     assert m["counts"]["peak"]["distinct_usable"] == 25 and m["counts"]["peak"]["with_replacement"]
     assert m["n_train"] + m["n_val"] == 300 and m["n_val"] == 2 * 15
     assert m["images_per_s"] > 0 and m["wall_s"] > 0
-    from topo2vec_lib.embedders import load_embedder
     emb = load_embedder(out)
-    assert isinstance(emb, bl.CnnEmbedder) and emb.dim == 35
+    assert isinstance(emb, CnnEmbedder) and emb.dim == 35
     _, s, labels = cones
     v = emb.embed(s, labels.lon.values, labels.lat.values)
     assert v.shape == (25, 35) and v.dtype == np.float32
@@ -215,8 +221,8 @@ def test_cnn_examples_use_train_region_only_and_no_place_in_both_splits(cones):
     _, s, labels = cones
     far = labels.copy()
     far["region"] = "test"
-    cfg = bl.resolve_config("cnn", CNN_CFG)
-    data = bl.cnn_examples(cfg, s, pd.concat([labels, far]), seed=0)
+    cfg = CnnConfig.from_dict(CNN_CFG)
+    data = cnn_examples(cfg, s, pd.concat([labels, far]), seed=0)
     assert data["counts"]["peak"]["label_rows"] == len(labels)
     tr = {tuple(p) for p in data["x_train"][data["y_train"] == 0].reshape(-1, 289).round(5)}
     va = {tuple(p) for p in data["x_val"][data["y_val"] == 0].reshape(-1, 289).round(5)}
@@ -227,11 +233,10 @@ def test_cnn_is_deterministic_with_a_seed(cones, cnn_run, tmp_path):
     _, s, labels = cones
     out, m = cnn_run
     cfg = {**CNN_CFG, "epochs": 2}
-    a = bl.train_cnn(cfg, s, labels=labels, out_path=tmp_path / "a.pt", seed=3, progress=False)
-    b = bl.train_cnn(cfg, s, labels=labels, out_path=tmp_path / "b.pt", seed=3, progress=False)
-    c = bl.train_cnn(cfg, s, labels=labels, out_path=tmp_path / "c.pt", seed=4, progress=False)
+    a = train_model(cfg, s, labels=labels, out_path=tmp_path / "a.pt", seed=3, progress=False)
+    b = train_model(cfg, s, labels=labels, out_path=tmp_path / "b.pt", seed=3, progress=False)
+    c = train_model(cfg, s, labels=labels, out_path=tmp_path / "c.pt", seed=4, progress=False)
     assert a["final_loss"] == b["final_loss"] and a["final_loss"] != c["final_loss"]
-    from topo2vec_lib.embedders import load_embedder
     x = normalize(s.patches(labels.lon.values, labels.lat.values, RES))
     np.testing.assert_array_equal(load_embedder(tmp_path / "a.pt").embed_patches(x),
                                   load_embedder(tmp_path / "b.pt").embed_patches(x))
@@ -239,10 +244,10 @@ def test_cnn_is_deterministic_with_a_seed(cones, cnn_run, tmp_path):
 
 def test_cnn_resume_after_a_kill_ends_with_the_same_weights(cones, tmp_path, monkeypatch):
     _, s, labels = cones
-    cfg = {**CNN_CFG, "epochs": 3, "checkpoint_steps": 3}
-    full = bl.train_cnn(cfg, s, labels=labels, out_path=tmp_path / "full.pt", seed=1, progress=False)
+    cfg = {**CNN_CFG, "epochs": 3, "checkpoint_steps": 3, "chunk_batches": 2}
+    full = train_model(cfg, s, labels=labels, out_path=tmp_path / "full.pt", seed=1, progress=False)
     calls = {"n": 0}
-    real = bl._cnn_evaluate
+    real = cnn_model._evaluate
 
     def dying(*a, **k):                                     # killed at the end of epoch 2 (after a mid-epoch save)
         calls["n"] += 1
@@ -251,16 +256,15 @@ def test_cnn_resume_after_a_kill_ends_with_the_same_weights(cones, tmp_path, mon
         return real(*a, **k)
 
     resume = tmp_path / "resume.pt"
-    monkeypatch.setattr(bl, "_cnn_evaluate", dying)
+    monkeypatch.setattr(cnn_model, "_evaluate", dying)
     with pytest.raises(KeyboardInterrupt):
-        bl.train_cnn(cfg, s, labels=labels, out_path=tmp_path / "r.pt", resume_path=resume, seed=1,
+        train_model(cfg, s, labels=labels, out_path=tmp_path / "r.pt", resume_path=resume, seed=1,
                      progress=False)
-    monkeypatch.setattr(bl, "_cnn_evaluate", real)
+    monkeypatch.setattr(cnn_model, "_evaluate", real)
     assert resume.exists()
-    again = bl.train_cnn(cfg, s, labels=labels, out_path=tmp_path / "r.pt", resume_path=resume, seed=1,
+    again = train_model(cfg, s, labels=labels, out_path=tmp_path / "r.pt", resume_path=resume, seed=1,
                          progress=False)
     assert again["resumed_from_step"] > 9 and not resume.exists()     # resumed mid-epoch 2 (9 steps/epoch)
-    from topo2vec_lib.checkpoints import load_checkpoint
     w_full = load_checkpoint(tmp_path / "full.pt")["state"]["model"]
     w_res = load_checkpoint(tmp_path / "r.pt")["state"]["model"]
     for k in w_full:
@@ -273,15 +277,15 @@ def test_cnn_bad_labels(cones, tmp_path):
     _, s, labels = cones
     kw = dict(out_path=tmp_path / "x.pt", seed=0, progress=False)
     with pytest.raises(ValueError, match="needs labels"):
-        bl.train_cnn(CNN_CFG, s, labels=None, **kw)
+        train_model(CNN_CFG, s, labels=None, **kw)
     with pytest.raises(ValueError, match="no labels in region 'train'"):
-        bl.train_cnn(CNN_CFG, s, labels=labels.iloc[:0], **kw)
+        train_model(CNN_CFG, s, labels=labels.iloc[:0], **kw)
     with pytest.raises(ValueError, match="no labels of class 'saddle'"):
-        bl.train_cnn({**CNN_CFG, "classes": ["peak", "saddle"]}, s, labels=labels, **kw)
+        train_model({**CNN_CFG, "classes": ["peak", "saddle"]}, s, labels=labels, **kw)
     with pytest.raises(ValueError, match="lack column"):
-        bl.train_cnn(CNN_CFG, s, labels=labels.drop(columns="region"), **kw)
+        train_model(CNN_CFG, s, labels=labels.drop(columns="region"), **kw)
     with pytest.raises(ValueError, match="unknown label class"):
-        bl.train_cnn({**CNN_CFG, "classes": ["volcano"]}, s, labels=labels, **kw)
+        train_model({**CNN_CFG, "classes": ["volcano"]}, s, labels=labels, **kw)
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -297,9 +301,8 @@ def test_saumoco_loss_falls_and_embeds(moco_run, smooth):
     assert steps[-1] < steps[1] - 0.3 and steps[-1] < m["chance_loss"] - 0.3
     assert 0 < m["mean_neighbour_offset_m"] <= 60 * np.sqrt(2)
     assert m["hyperparameters"]["queue_size"] == 64
-    from topo2vec_lib.embedders import load_embedder
     emb = load_embedder(out)
-    assert isinstance(emb, bl.SauMoCoEmbedder) and emb.dim == 128
+    assert isinstance(emb, SauMoCoEmbedder) and emb.dim == 128
     _, s = smooth
     lon, lat = s.random_places(7, 2, RES)
     v = emb.embed(s, lon, lat)
@@ -310,7 +313,7 @@ def test_saumoco_deterministic_and_resumes_exactly(smooth, moco_run, tmp_path, m
     _, s = smooth
     out, m = moco_run
     cfg = {**MOCO_CFG, "checkpoint_steps": 4}
-    real = bl.saumoco_chunk
+    real = saumoco_model.saumoco_chunk
     calls = {"n": 0}
 
     def dying(*a, **k):                                     # killed while fetching the 5th chunk (epoch 2)
@@ -320,32 +323,31 @@ def test_saumoco_deterministic_and_resumes_exactly(smooth, moco_run, tmp_path, m
         return real(*a, **k)
 
     resume = tmp_path / "resume.pt"
-    monkeypatch.setattr(bl, "saumoco_chunk", dying)
+    monkeypatch.setattr(saumoco_model, "saumoco_chunk", dying)
     with pytest.raises(KeyboardInterrupt):
-        bl.train_saumoco(cfg, s, out_path=tmp_path / "r.pt", resume_path=resume, seed=0, progress=False)
-    monkeypatch.setattr(bl, "saumoco_chunk", real)
-    again = bl.train_saumoco(cfg, s, out_path=tmp_path / "r.pt", resume_path=resume, seed=0, progress=False)
+        train_model(cfg, s, out_path=tmp_path / "r.pt", resume_path=resume, seed=0, progress=False)
+    monkeypatch.setattr(saumoco_model, "saumoco_chunk", real)
+    again = train_model(cfg, s, out_path=tmp_path / "r.pt", resume_path=resume, seed=0, progress=False)
     assert again["resumed_from_step"] == 16
-    from topo2vec_lib.checkpoints import load_checkpoint
     a = load_checkpoint(out)["state"]["encoder"]            # the uninterrupted run of the fixture, same seed
     b = load_checkpoint(tmp_path / "r.pt")["state"]["encoder"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-    other = bl.train_saumoco({**MOCO_CFG, "epochs": 1}, s, out_path=tmp_path / "o.pt", seed=5, progress=False)
+    other = train_model({**MOCO_CFG, "epochs": 1}, s, out_path=tmp_path / "o.pt", seed=5, progress=False)
     assert other["history"][0]["loss"] != m["history"][0]["loss"]
 
 
 def test_saumoco_neighbours_are_close_and_augmented(smooth):
     _, s = smooth
-    cfg = bl.resolve_config("saumoco", {**MOCO_CFG, "flip_rot": False, "neighbour_radius_m": 0.0})
-    d = bl.saumoco_chunk(s, cfg, 0, 0, 0, 2)
+    cfg = SauMoCoConfig.from_dict({**MOCO_CFG, "flip_rot": False, "neighbour_radius_m": 0.0})
+    d = saumoco_chunk(s, cfg, 0, 0, 0, 2)
     assert d["q"].shape == (64, 1, 17, 17) and (d["offset_m"] == 0).all()
     np.testing.assert_array_equal(d["q"], d["k"])          # radius 0, no flips: the key is the query
-    cfg = bl.resolve_config("saumoco", {**MOCO_CFG, "neighbour_radius_m": 300.0})
-    d = bl.saumoco_chunk(s, cfg, 0, 0, 0, 2)
+    cfg = SauMoCoConfig.from_dict({**MOCO_CFG, "neighbour_radius_m": 300.0})
+    d = saumoco_chunk(s, cfg, 0, 0, 0, 2)
     assert (np.abs(d["offset_m"]) <= 300 * np.sqrt(2) + 1e-6).all() and d["offset_m"].max() > 30
     x = np.arange(2 * 17 * 17, dtype=np.float32).reshape(2, 1, 17, 17)
-    y = bl.random_dihedral(x, np.random.default_rng(0))
+    y = random_dihedral(x, np.random.default_rng(0))
     for a, b in zip(x, y):                                  # every output is one of the 8 symmetries of its input
         sym = [np.rot90(a, k, (1, 2)) for k in range(4)]
         sym += [v[..., ::-1] for v in sym]
@@ -356,46 +358,42 @@ def test_saumoco_neighbours_are_close_and_augmented(smooth):
 @pytest.mark.parametrize("kind", ["id", "geomorphometry"])
 def test_fixed_baselines_build_and_round_trip(kind, smooth, tmp_path):
     _, s = smooth
-    from topo2vec_lib.training import train_model                 # the uniform dispatch reaches the baselines
     m = train_model({"kind": kind, "images": 5}, s, labels=None, out_path=tmp_path / f"{kind}.pt", seed=0,
                     progress=False)
     assert m["embed_places_per_s"] > 0 and m["images_seen"] == 0
-    from topo2vec_lib.embedders import load_embedder
     emb = load_embedder(tmp_path / f"{kind}.pt")
-    assert type(emb) is bl.EMBEDDERS[kind]
+    assert type(emb) is MODELS[kind].embedder
     lon, lat = s.random_places(3, 0, 120.0)
-    fresh = bl.EMBEDDERS[kind]({"kind": kind})
+    fresh = MODELS[kind].embedder({"kind": kind})
     np.testing.assert_array_equal(emb.embed(s, lon, lat), fresh.embed(s, lon, lat))
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="unknown baseline kind 'foo'"):
-        bl.resolve_config("foo", {})
+    with pytest.raises(ValueError, match="unknown model kind 'foo'"):
+        model_config({"kind": "foo"})
     with pytest.raises(ValueError, match=r"unknown saumoco config key\(s\) \['queue'\]"):
-        bl.resolve_config("saumoco", {"queue": 5})
+        SauMoCoConfig.from_dict({"queue": 5})
     with pytest.raises(ValueError, match="expected kind 'cnn'"):
-        bl.resolve_config("cnn", {"kind": "saumoco"})
+        CnnConfig.from_dict({"kind": "saumoco"})
     with pytest.raises(ValueError, match="queue_size"):
-        bl.resolve_config("saumoco", {"queue_size": 8, "batch_size": 64})
+        SauMoCoConfig.from_dict({"queue_size": 8, "batch_size": 64})
     with pytest.raises(ValueError, match="momentum"):
-        bl.resolve_config("saumoco", {"momentum": 1.0})
+        SauMoCoConfig.from_dict({"momentum": 1.0})
     with pytest.raises(ValueError, match="head"):
-        bl.resolve_config("saumoco", {"head": "transformer"})
+        SauMoCoConfig.from_dict({"head": "transformer"})
     with pytest.raises(ValueError, match="scales_m"):
-        bl.resolve_config("geomorphometry", {"scales_m": [60, 30]})
+        GeomorphometryConfig.from_dict({"scales_m": [60, 30]})
     with pytest.raises(ValueError, match="train_res_m"):
-        bl.resolve_config("cnn", {"train_res_m": [30, 60]})
-    cfg = bl.resolve_config("cnn", {"kind": "cnn", "images": 100000, "epochs": 2, "device": "auto"})
-    assert cfg["examples"] == 20000 and cfg["classes"] == ["peak", "saddle", "river", "cliff"]
+        CnnConfig.from_dict({"train_res_m": [30, 60]})
+    cfg = CnnConfig.from_dict({"kind": "cnn", "images": 100000, "epochs": 2, "device": "auto"})
+    assert cfg.examples == 20000 and cfg.classes == ["peak", "saddle", "river", "cliff"]
 
 
 def test_unknown_kind_checkpoint_and_wrong_patch_shape(tmp_path):
-    from topo2vec_lib.checkpoints import save_checkpoint
-    from topo2vec_lib.embedders import load_embedder
     save_checkpoint(tmp_path / "x.pt", kind="tile2vec", config={}, state={})
     with pytest.raises(ValueError, match="tile2vec"):
         load_embedder(tmp_path / "x.pt")
-    for emb in (bl.IdEmbedder(), bl.CnnEmbedder({"kind": "cnn"}), bl.SauMoCoEmbedder({"kind": "saumoco"})):
+    for emb in (IdEmbedder(), CnnEmbedder({"kind": "cnn"}), SauMoCoEmbedder({"kind": "saumoco"})):
         with pytest.raises(ValueError, match="17, 17"):
             emb.embed_patches(np.zeros((2, 1, 9, 9), dtype=np.float32))
         assert emb.embed_patches(np.zeros((2, 17, 17), dtype=np.float32)).shape == (2, emb.dim)

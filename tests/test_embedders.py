@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from conftest import make_terrain
-from topo2vec_lib import checkpoints
-from topo2vec_lib.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from topo2vec_lib.embedders import Embedder, Topo2Vec, load_embedder
-from topo2vec_lib.networks import Decoder, Encoder
+from topo2vec_lib.models import Embedder, Topo2Vec, checkpoints, load_embedder
+from topo2vec_lib.models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from topo2vec_lib.models.networks import Decoder, Encoder
 from topo2vec_lib.sampler import PatchSampler, normalize
 
 CONFIG = {"kind": "topo2vec", "name": "t2v", "k": 4, "train_res_m": [120.0], "stem": "paper",

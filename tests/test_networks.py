@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from topo2vec_lib.networks import (Decoder, Discriminator, Encoder, count_parameters, decoder_channels,
+from topo2vec_lib.models.networks import (Decoder, Discriminator, Encoder, count_parameters, decoder_channels,
                                    discriminator_input)
 
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from topo2vec_lib.grid import lonlat_box_to_xy
+from topo2vec_lib.models import Embedder
 from topo2vec_lib.regional import embed_region, embed_xy, grid_xy, open_region_embedding, valid_mask
 from topo2vec_lib.sampler import PatchSampler, normalize
 
 
-class StatsEmbedder:
+class StatsEmbedder(Embedder):
     """A tiny deterministic embedder (numpy only): per-patch statistics of the normalised 17 x 17 patch."""
 
     dim = 4
@@ -117,7 +118,7 @@ def test_embed_region_bad_input(rough):
         embed_region(StatsEmbedder(), rough, 10, 90)
     with pytest.raises(ValueError, match="chunk"):
         embed_region(StatsEmbedder(), rough, 30, 90, chunk=0)
-    with pytest.raises(ValueError, match="embed_patches"):
+    with pytest.raises(ValueError, match="must be a topo2vec_lib.models.Embedder"):
         embed_region(object(), rough, 30, 90)
     with pytest.raises(ValueError, match="terrain"):
         embed_region(StatsEmbedder(), np.zeros((5, 5)), 30, 90)
@@ -125,18 +126,18 @@ def test_embed_region_bad_input(rough):
         open_region_embedding("/nonexistent/region.zarr")
 
 
-def test_embed_xy_uses_own_embed_for_multiscale_embedders(rough):
-    """An embedder with its own embed() and scales_for() gets lon/lat; places whose coarser patch leaves the
-    terrain are NaN instead of raising."""
+def test_embed_xy_respects_multiscale_embedders(rough):
+    """An embedder with its own batch step and scales_for() gets every scale's patch; places whose coarser
+    patch leaves the terrain are NaN instead of raising."""
     class MultiScale(StatsEmbedder):
         dim = 2
 
         def scales_for(self, res_m):
             return [res_m, 4 * res_m]
 
-        def embed(self, sampler, lon, lat, res_m=None):
-            a = sampler.patches(lon, lat, res_m, 17).mean(axis=(1, 2))
-            b = sampler.patches(lon, lat, 4 * res_m, 17).mean(axis=(1, 2))
+        def embed_batch_xy(self, sampler, x, y, res_m, allow_nodata=False):
+            a = sampler.patches_xy(x, y, res_m, 17, allow_nodata=allow_nodata).mean(axis=(1, 2))
+            b = sampler.patches_xy(x, y, 4 * res_m, 17, allow_nodata=allow_nodata).mean(axis=(1, 2))
             return np.stack([a, b], 1)
 
     sampler = PatchSampler(rough)
@@ -191,9 +192,9 @@ def test_embed_region_agrees_with_embedder_embed(rough):
     (the lon/lat round trip moves places by nanometres, so values agree to about 1e-5)."""
     import torch
 
-    from topo2vec_lib.baselines import IdEmbedder
-    from topo2vec_lib.embedders import Topo2Vec
-    from topo2vec_lib.networks import Encoder
+    from topo2vec_lib.models.identity import IdEmbedder
+    from topo2vec_lib.models import Topo2Vec
+    from topo2vec_lib.models.networks import Encoder
 
     torch.manual_seed(0)
     sampler = PatchSampler(rough)

@@ -16,18 +16,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from topo2vec_lib.sampler import PatchSampler, normalize
+from topo2vec_lib.models.embedder import PATCH_SIZE, Embedder
+from topo2vec_lib.sampler import PatchSampler, as_sampler
 from topo2vec_lib.storage import atomic_path
 from topo2vec_lib.grid import xy_to_lonlat
-
-
-def as_sampler(terrain_or_sampler) -> PatchSampler:
-    """A :class:`PatchSampler` for a terrain DataArray, or the sampler itself."""
-    if isinstance(terrain_or_sampler, PatchSampler):
-        return terrain_or_sampler
-    if isinstance(terrain_or_sampler, xr.DataArray):
-        return PatchSampler(terrain_or_sampler)
-    raise ValueError(f"expected a terrain xarray.DataArray or a PatchSampler, got {type(terrain_or_sampler).__name__}")
 
 
 def grid_xy(bounds_xy, stride_m: float) -> tuple[np.ndarray, np.ndarray]:
@@ -52,51 +44,25 @@ def grid_xy(bounds_xy, stride_m: float) -> tuple[np.ndarray, np.ndarray]:
     return x0 + stride_m * np.arange(nx), y0 - stride_m * np.arange(ny)
 
 
-def _uses_default_embed(embedder) -> bool:
-    """True when ``embedder.embed`` is the shared sample -> normalise -> embed_patches path (contract)."""
-    try:
-        from topo2vec_lib.embedders import Embedder
-    except ImportError:
-        return not hasattr(embedder, "embed")
-    return getattr(type(embedder), "embed", None) is Embedder.embed or not hasattr(embedder, "embed")
-
-
-def embed_xy(embedder, sampler: PatchSampler, x, y, res_m: float, size: int = 17,
-             batch_size: int = 4096) -> np.ndarray:
+def embed_xy(embedder: Embedder, sampler: PatchSampler, x, y, res_m: float, batch_size: int = 4096) -> np.ndarray:
     """Embeddings ``(N, D)`` float32 of places x, y (metres in the sampler's CRS) at ``res_m`` m/px.
 
-    Rows of places whose ``size`` px patch leaves the terrain or touches nodata are NaN (no error).
+    Rows of places whose patch (at any scale the embedder samples, :meth:`Embedder.scales_for`) leaves the
+    terrain or touches nodata are NaN (no error).
     """
     x = np.asarray(x, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel()
     out = np.full((x.size, int(embedder.dim)), np.nan, dtype=np.float32)
+    coarsest = max(embedder.scales_for(float(res_m)))
     # the sampler's own footprint rule (with its edge tolerance), so no place it accepts is dropped here
-    inside = np.flatnonzero(sampler.inside_xy(x, y, float(res_m), int(size)))
-    default = _uses_default_embed(embedder)
-    # an embedder with its own embed() (e.g. geomorphometry) may sample more scales: check them all
-    extra = [] if default or not hasattr(embedder, "scales_for") else \
-        [float(r) for r in embedder.scales_for(res_m) if abs(float(r) - float(res_m)) > 1e-9]
-    for start in range(0, inside.size, batch_size):
-        idx = inside[start:start + batch_size]
-        raw = sampler.patches_xy(x[idx], y[idx], res_m, size, allow_nodata=True)
-        ok = ~np.isnan(raw).any(axis=(1, 2))
-        for r in extra:
-            ok &= sampler.valid_xy(x[idx], y[idx], r, size)
-        idx, raw = idx[ok], raw[ok]
-        if idx.size == 0:
-            continue
-        if default:
-            floor_m = getattr(embedder, "min_range_m", 1.0)     # as Embedder.embed normalises
-            vec = embedder.embed_patches(normalize(raw, min_range_m=floor_m)[:, None])
-        else:   # give it lon/lat, it samples what it needs
-            lon, lat = sampler.to_lonlat(x[idx], y[idx])
-            vec = embedder.embed(sampler, lon, lat, res_m)
-        out[idx] = np.asarray(vec, dtype=np.float32).reshape(idx.size, -1)
+    inside = np.flatnonzero(sampler.inside_xy(x, y, coarsest, PATCH_SIZE))
+    if inside.size:
+        out[inside] = embedder.embed_xy(sampler, x[inside], y[inside], res_m, batch_size=batch_size, nodata="nan")
     return out
 
 
-def _embed_block(yy: np.ndarray, xx: np.ndarray, *, embedder, sampler, res_m, size, batch_size) -> np.ndarray:
-    vec = embed_xy(embedder, sampler, xx, yy, res_m, size, batch_size)
+def _embed_block(yy: np.ndarray, xx: np.ndarray, *, embedder, sampler, res_m, batch_size) -> np.ndarray:
+    vec = embed_xy(embedder, sampler, xx, yy, res_m, batch_size)
     return vec.reshape(yy.shape + (vec.shape[1],))
 
 
@@ -106,12 +72,12 @@ def _lonlat_block(yy: np.ndarray, xx: np.ndarray, *, crs_wkt: str, which: int) -
 
 
 def embed_region(embedder, terrain, res_m: float, stride_m: float, bounds_xy=None, *, chunk: int = 64,
-                 size: int = 17, batch_size: int = 4096, path: str | os.PathLike | None = None) -> xr.Dataset:
+                 batch_size: int = 4096, path: str | os.PathLike | None = None) -> xr.Dataset:
     """Embed every place of a regular grid at ``res_m`` m/px, block by block with Dask.
 
     ``terrain``: terrain DataArray or PatchSampler; ``bounds_xy``: (left, bottom, right, top) metres in the
     terrain CRS (default: the whole terrain); ``stride_m``: grid spacing in metres; ``chunk``: places per block
-    side (a block holds ``chunk**2`` patches of ``size x size`` float32 at a time).
+    side (a block holds ``chunk**2`` patches of 17 x 17 float32 at a time).
 
     Returns a Dataset with ``embedding (y, x, feature)`` float32 (NaN where the patch leaves the terrain or
     touches nodata), coords ``x (nx,)``, ``y (ny,)`` (metres, pixel centres), ``lon``/``lat (y, x)`` (degrees)
@@ -124,22 +90,22 @@ def embed_region(embedder, terrain, res_m: float, stride_m: float, bounds_xy=Non
     res_m = float(sampler.check_res(res_m))
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise ValueError(f"chunk = {chunk!r} must be a positive integer number of places per block side")
-    if not hasattr(embedder, "dim") or not hasattr(embedder, "embed_patches"):
-        raise ValueError(f"embedder {embedder!r} must have .dim and .embed_patches (topo2vec_lib.embedders.Embedder)")
+    if not isinstance(embedder, Embedder):
+        raise ValueError(f"embedder {embedder!r} must be a topo2vec_lib.models.Embedder")
     x, y = grid_xy(sampler.bounds_xy if bounds_xy is None else bounds_xy, stride_m)
     dim = int(embedder.dim)
     yy, xx = da.meshgrid(da.from_array(y, chunks=chunk), da.from_array(x, chunks=chunk), indexing="ij")
     emb = da.map_blocks(_embed_block, yy, xx, dtype=np.float32, new_axis=2,
                         chunks=yy.chunks + ((dim,),), name=f"embed-{getattr(embedder, 'name', 'embedder')}",
                         embedder=dask.delayed(embedder, pure=True), sampler=dask.delayed(sampler, pure=True),
-                        res_m=res_m, size=int(size), batch_size=int(batch_size))
+                        res_m=res_m, batch_size=int(batch_size))
     wkt = sampler.crs.to_wkt()
     lon = da.map_blocks(_lonlat_block, yy, xx, dtype=np.float64, crs_wkt=wkt, which=0)
     lat = da.map_blocks(_lonlat_block, yy, xx, dtype=np.float64, crs_wkt=wkt, which=1)
     ds = xr.Dataset(
         {"embedding": (("y", "x", "feature"), emb)},
         coords={"y": y, "x": x, "feature": np.arange(dim), "lon": (("y", "x"), lon), "lat": (("y", "x"), lat)},
-        attrs={"res_m": res_m, "stride_m": float(stride_m), "size": int(size), "crs_wkt": wkt,
+        attrs={"res_m": res_m, "stride_m": float(stride_m), "size": PATCH_SIZE, "crs_wkt": wkt,
                "embedder": str(getattr(embedder, "name", type(embedder).__name__)),
                "region": str(sampler.region)})
     ds["embedding"].attrs["description"] = "embedding of the size x size patch at res_m m/px; NaN: no valid patch"

@@ -131,15 +131,17 @@ class TorchEmbedder(Embedder):
         raise NotImplementedError(f"{type(self).__name__} must implement net_embed")
 
     @torch.no_grad()
-    def embed_patches(self, x) -> np.ndarray:
+    def embed_patches(self, x, batch_size: int | None = None) -> np.ndarray:
+        """Normalised ``(N, 1, 17, 17)`` or ``(N, 17, 17)`` -> ``(N, dim)`` float32, ``batch_size`` at a time."""
         a = as_patch_batch(x)
+        step = self.batch if batch_size is None else _check_batch_size(batch_size)
         self.net.eval()
         out = np.empty((len(a), self.dim), dtype=np.float32)
-        for s in range(0, len(a), self.batch):
-            xb = torch.from_numpy(a[s:s + self.batch]).to(self.device)
+        for s in range(0, len(a), step):
+            xb = torch.from_numpy(a[s:s + step]).to(self.device)
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            out[s:s + self.batch] = self.net_embed(xb).float().cpu().numpy()
+            out[s:s + step] = self.net_embed(xb).float().cpu().numpy()
         return out
 
     def to(self, device: str | torch.device) -> TorchEmbedder:

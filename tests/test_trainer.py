@@ -1,4 +1,5 @@
-"""Topo2vec training: config validation, Algorithm-1 steps, exact resume after a kill, dispatch, notebook."""
+"""The training loop (models/trainer.py) with topo2vec: config validation, Algorithm-1 steps, exact resume after
+a kill, dispatch through the registry, the train notebook."""
 import json
 
 import numpy as np
@@ -6,12 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from topo2vec_lib.training import torch_threads
 from scipy.ndimage import gaussian_filter
 
 from conftest import make_terrain
-from topo2vec_lib import checkpoints, training
-from topo2vec_lib.embedders import Topo2Vec, load_embedder
+from topo2vec_lib.models import Topo2Vec, checkpoints, load_embedder, train_model
+from topo2vec_lib.models.config import Topo2VecConfig
+from topo2vec_lib.models.topo2vec import Topo2VecMethod, sample_chunk
+from topo2vec_lib.models.trainer import resolve_device, torch_threads
 from topo2vec_lib.sampler import PatchSampler
 
 
@@ -59,51 +61,54 @@ class KillingSampler:
 
 
 def test_config_defaults_and_bad_values():
-    cfg = training.topo2vec_config({"kind": "topo2vec", "k": 4, "train_res_m": 120, "adversarial": True})
-    assert cfg["train_res_m"] == [120.0] and cfg["betas"] == [0.5, 0.999] and cfg["lr"] == 2e-4
-    assert training.topo2vec_config({"k": 1})["betas"] == [0.9, 0.999]
-    with pytest.raises(ValueError, match="unknown topo2vec config keys.*'learning_rate'"):
-        training.topo2vec_config({"learning_rate": 1e-3})
+    cfg = Topo2VecConfig.from_dict({"kind": "topo2vec", "k": 4, "train_res_m": 120, "adversarial": True})
+    assert cfg.train_res_m == [120.0] and cfg.betas == [0.5, 0.999] and cfg.lr == 2e-4
+    assert Topo2VecConfig.from_dict({"k": 1}).betas == [0.9, 0.999]
+    with pytest.raises(ValueError, match=r"unknown topo2vec config key\(s\).*'learning_rate'"):
+        Topo2VecConfig.from_dict({"learning_rate": 1e-3})
     for bad in ({"k": 3}, {"train_res_m": []}, {"train_res_m": [-30]}, {"batch_size": 1}, {"images": 0},
                 {"lr": 0}, {"lr_g_scope": "encoder"}, {"stem": "valid"}, {"discriminator": "x"},
-                {"d_input_upsample": "cubic"}, {"adversarial": "yes"}, {"kind": "cnn"}):
+                {"d_input_upsample": "cubic"}, {"adversarial": "yes"}, {"kind": "cnn"}, {"lr": float("inf")},
+                {"lambda_l1": float("nan")}, {"device": "tpu"}, {"betas": [0.9]}, {"k": 2.5}):
         with pytest.raises(ValueError, match=list(bad)[0]):
-            training.topo2vec_config(bad)
+            Topo2VecConfig.from_dict(bad)
     with pytest.raises(ValueError, match="device"):
-        training.resolve_device("tpu")
+        resolve_device("tpu")
 
 
 def test_epoch_plan_counts_images_over_scales():
-    plan = training.epoch_plan(training.topo2vec_config(TINY))
+    method = Topo2VecMethod(Topo2VecConfig.from_dict(TINY), None, seed=0, device=torch.device("cpu"))
     # 64 images over 2 scales at batch 8: 4 place batches, 8 steps, 2 chunks of 2 place batches
-    assert plan == {"place_batches": 4, "steps": 8, "chunks": 2, "images": 64}
+    assert (method.batches_per_epoch, method.steps_per_batch) == (4, 2)
 
 
 def test_learning_rates_per_module():
-    cfg = training.topo2vec_config({"k": 4, "adversarial": True, "lr": 2e-4, "lr_g": 1.6e-3, "lr_d": 3e-4})
-    nets = training.build_networks(cfg)
-    opts = training.build_optimizers(cfg, nets)
+    def optimizers(**kw):
+        cfg = Topo2VecConfig.from_dict({"k": 4, "adversarial": True, "lr": 2e-4, "lr_g": 1.6e-3, "lr_d": 3e-4, **kw})
+        method = Topo2VecMethod(cfg, None, seed=0, device=torch.device("cpu"))
+        method.build()
+        return method.optimizers
+
+    opts = optimizers()
     assert [g["lr"] for g in opts["generator"].param_groups] == [2e-4, 1.6e-3]      # paper: f lr1, g lr2
     assert opts["discriminator"].param_groups[0]["lr"] == 3e-4
-    cfg = training.topo2vec_config({**cfg, "lr_g_scope": "generator"})
-    opts = training.build_optimizers(cfg, nets)
+    opts = optimizers(lr_g_scope="generator")
     assert [g["lr"] for g in opts["generator"].param_groups] == [1.6e-3, 1.6e-3]    # reference: f and g lr_g
 
 
 def test_sample_chunk_is_a_function_of_seed_epoch_chunk(sampler):
-    cfg = training.topo2vec_config(TINY)
-    a = training.sample_chunk(sampler, cfg, 0, 1, 1)
-    b = training.sample_chunk(sampler, cfg, 0, 1, 1)
-    c = training.sample_chunk(sampler, cfg, 0, 1, 0)
+    cfg = Topo2VecConfig.from_dict(TINY)
+    a = sample_chunk(sampler, cfg, 0, 1, 1, 4)
+    b = sample_chunk(sampler, cfg, 0, 1, 1, 4)
+    c = sample_chunk(sampler, cfg, 0, 1, 0, 4)
     assert len(a) == 2 and a[0][0].shape == (16, 1, 17, 17) and a[1][1].shape == (16, 1, 16, 16)
     assert all(np.array_equal(p, q) for (p, _), (q, _) in zip(a, b))
     assert not np.array_equal(a[0][0], c[0][0])
 
 
 def _train(sampler, tmp_path, name, config=TINY, resume=True, **kw):
-    return training.train_topo2vec(config, sampler, out_path=tmp_path / f"{name}.pt",
-                                   resume_path=(tmp_path / f"{name}.resume.pt") if resume else None,
-                                   seed=3, progress=False, **kw)
+    return train_model(config, sampler, out_path=tmp_path / f"{name}.pt",
+                       resume_path=(tmp_path / f"{name}.resume.pt") if resume else None, seed=3, progress=False, **kw)
 
 
 def _same_weights(a, b):
@@ -172,9 +177,9 @@ def test_adversarial_k4_trains_and_loads(sampler, tmp_path):
 
 def test_train_model_dispatch(sampler, tmp_path):
     with pytest.raises(ValueError, match="unknown model kind 'vae'"):
-        training.train_model({"kind": "vae"}, sampler, out_path=tmp_path / "x.pt")
-    out = training.train_model({**TINY, "epochs": 1, "images": 16, "train_res_m": [30]}, sampler,
-                               labels=pd.DataFrame(), out_path=tmp_path / "t.pt", progress=False)
+        train_model({"kind": "vae"}, sampler, out_path=tmp_path / "x.pt")
+    out = train_model({**TINY, "epochs": 1, "images": 16, "train_res_m": [30]}, sampler,
+                      labels=pd.DataFrame(), out_path=tmp_path / "t.pt", progress=False)
     assert out["steps"] == 2 and (tmp_path / "t.pt").exists()
 
 
