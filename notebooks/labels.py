@@ -31,7 +31,7 @@
 # Human classes are **proxies**: their placement is a plausible stochastic rule, not observed data.
 
 # %% tags=["parameters"]
-params_path = "params.yaml"   # parameters left at None are read from its `labels` section (and `seed`)
+params_path = None            # None: the project's params.yaml; parameters left at None come from its `labels` section
 source = None                 # derived (rules on the terrain) | osm (Overpass) | files (your own points)
 osm = None                    # source osm: keyword arguments of topo2vec_lib.osm.osm_labels (endpoint, cache_dir, ...)
 label_files = None            # source files: {class: path} of GeoJSON, CSV or Parquet points
@@ -75,13 +75,12 @@ cnn_train_per_class = None    # supervised CNN baseline wish (drawn with jitter 
 
 
 # %%
-from topo2vec_lib.storage import fill_from_params
-
 from topo2vec_lib.labels import RULE_DEFAULTS
+from topo2vec_lib.params import notebook_parameters
 
-fill_from_params(globals(), params_path, "labels", dict(
-    source="derived", seed=0, **RULE_DEFAULTS, osm={}, label_files={}, min_train_exp1=500, min_test_exp1=100, min_train_exp2=200,
-    min_test_exp2=50, cnn_train_per_class=4000))
+notebook_parameters(globals(), "labels", ["source", "osm", "label_files", *RULE_DEFAULTS, "min_train_exp1",
+                                          "min_test_exp1", "min_train_exp2", "min_test_exp2", "cnn_train_per_class",
+                                          "seed"])
 
 # %%
 import time

@@ -25,14 +25,14 @@
 # (`cell_rate`, what painting at random would score).
 
 # %% tags=["parameters"]
-params_path = "params.yaml"   # parameters left at None are read from its `exp3` section (and `seed`)
+params_path = None            # None: the project's params.yaml; parameters left at None come from its `exp3` section
 models_dir = "models"
-model = "topo2vec-4"          # models/<model>.pt
+model = None                  # models/<model>.pt (paper: topo2vec-4)
 terrain_dir = "data/terrain"
 labels_dir = "data/labels"
-classes = None                # default: peak, saddle, river, cliff (Exp 1)
-box_lonlat = None             # [lon_min, lat_min, lon_max, lat_max] in the test region
-                              # default: the box_km square of the test terrain richest in labels of every class
+classes = None                # classes painted (paper: peak, saddle, river, cliff)
+box_lonlat = None             # [lon_min, lat_min, lon_max, lat_max] in the test region; null in params.yaml:
+                              # the box_km square of the test terrain richest in labels of every class
 box_km = None                 # side of the default box, km
 scales_m = None               # m/px; paper: [10, 30, 60]
 stride_m = None               # grid spacing in metres
@@ -53,17 +53,16 @@ import pandas as pd
 from IPython.display import Image, display
 
 from topo2vec_lib import maps
-from topo2vec_lib.embedders import load_embedder
+from topo2vec_lib.models import load_embedder
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.regional import embed_region
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.storage import fill_from_params, write_json
+from topo2vec_lib.params import notebook_parameters
+from topo2vec_lib.storage import write_json
 from topo2vec_lib.terrain import open_region
 
-DEFAULTS = {"classes": ["peak", "saddle", "river", "cliff"], "box_km": 6.0, "scales_m": [10, 30, 60],
-            "stride_m": 60.0, "n_train": 1000, "upsample_finer": True, "seed": 0}
-fill_from_params(globals(), params_path, "exp3", DEFAULTS)
-print({k: globals()[k] for k in DEFAULTS}, "model:", model)
+print(notebook_parameters(globals(), "exp3", ["model", "classes", "box_lonlat", "box_km", "scales_m", "stride_m",
+                                              "n_train", "upsample_finer", "seed"]))
 
 
 # %% [markdown]

@@ -25,21 +25,21 @@
 # (see `topo2vec_lib/evaluation.py`).
 
 # %% tags=["parameters"]
-params_path = "params.yaml"   # parameters left at None are read from its `<experiment>` section (and `seed`)
+params_path = None            # None: the project's params.yaml; parameters left at None come from its `<experiment>` section
 experiment = "exp1"           # exp1 | exp2
-classes = None                # default: the paper's classes of the experiment
+classes = None                # paper: Table 1 / Table 2 classes
 n_train = None                # balanced; paper: 1000 (exp1), 400 (exp2)
 n_test = None                 # balanced; paper: 200 (exp1), 100 (exp2)
 seeds = None                  # paper: 10
-models = None                 # names of models/<name>.pt; default: the paper's six
+models = None                 # names of models/<name>.pt
 models_dir = "models"
 terrain_dir = "data/terrain"
 labels_dir = "data/labels"
 res_m = None                  # probe scale in m/px, or "selected" (per class, from scale_selection_path)
 scale_selection_path = "metrics/scale_selection.json"
 min_neg_distance_m = None     # metres
-svm_C = None                  # SVM C grid searched by 3-fold CV on the training set; default [0.1, 1, 10]
-reference = "topo2vec-4"      # the model the paired tests compare against every other
+svm_C = None                  # SVM C grid searched by 3-fold CV on the training set
+reference = None              # the model the paired tests compare against every other
 metrics_path = None           # default metrics/<experiment>.json
 tables_dir = "reports/tables"
 seed = None
@@ -54,21 +54,18 @@ from IPython.display import HTML, display
 
 from topo2vec_lib import evaluation as ev
 from topo2vec_lib import paper
-from topo2vec_lib.embedders import load_embedder
 from topo2vec_lib.labels import read_labels
+from topo2vec_lib.models import load_embedder
+from topo2vec_lib.params import notebook_parameters
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.storage import fill_from_params, atomic_path, read_json, write_json
+from topo2vec_lib.storage import atomic_path, read_json, write_json
 from topo2vec_lib.terrain import open_region
 
 if experiment not in paper.SIZES:
     raise ValueError(f"unknown experiment {experiment!r}; valid: {sorted(paper.SIZES)}")
-DEFAULTS = {"classes": list(next(iter(paper.TABLES[experiment].values()))),
-            "n_train": paper.SIZES[experiment][0], "n_test": paper.SIZES[experiment][1], "seeds": 10,
-            "models": list(paper.MODELS), "res_m": 30.0,
-            "min_neg_distance_m": ev.DEFAULT_MIN_NEG_DISTANCE_M, "svm_C": list(ev.DEFAULT_C_GRID), "seed": 0}
-fill_from_params(globals(), params_path, experiment, DEFAULTS)
+print(notebook_parameters(globals(), experiment, ["classes", "n_train", "n_test", "seeds", "models", "res_m",
+                                                  "min_neg_distance_m", "svm_C", "reference", "seed"]))
 metrics_path = metrics_path or f"metrics/{experiment}.json"
-print({k: globals()[k] for k in DEFAULTS})
 
 
 # %% [markdown]

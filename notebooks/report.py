@@ -16,16 +16,20 @@
 # `reports/index.html` (images embedded, opens from disk). Our numbers stand beside the paper's.
 
 # %% tags=["parameters"]
-root = "."
+root = None                   # None: the project root (found from the working directory)
 out_path = "reports/index.html"
-models = ["topo2vec-1", "topo2vec-4", "topo2vec-adv", "id", "cnn", "saumoco", "geomorphometry"]
+params_path = None            # None: the project's params.yaml (the report lists its `models`)
 
 # %%
 from pathlib import Path
 
 from IPython.display import HTML, display
 
+from topo2vec_lib.params import load_params, project_root, resolve_params_path, section
 from topo2vec_lib.report import Section, build_report
+
+root = str(root or project_root() or ".")
+models = list(section(load_params(resolve_params_path(params_path or Path(root, "params.yaml"))), "models"))
 
 T2V = [m for m in models if m.startswith("topo2vec")]
 sections = [

@@ -24,20 +24,20 @@
 # the share of the class among the candidates.
 
 # %% tags=["parameters"]
-params_path = "params.yaml"   # parameters left at None are read from its `exp4` section (and `seed`)
+params_path = None            # None: the project's params.yaml; parameters left at None come from its `exp4` section
 models_dir = "models"
-model = "topo2vec-4"          # the model of the map and figure
-baselines = None              # models compared by precision@k (models/<name>.pt); default: the paper's other five
+model = None                  # the model of the map and figure (paper: topo2vec-4)
+baselines = None              # models compared by precision@k (models/<name>.pt)
 terrain_dir = "data/terrain"
 labels_dir = "data/labels"
-query_lonlat = None           # [[lon, lat], ...] query places; default: n_queries labelled places of query_class
+query_lonlat = None           # [[lon, lat], ...] query places; null: n_queries labelled places of query_class
 query_class = None            # class of the default queries
 n_queries = None
 k = None                      # matches shown on the map
 res_m = None                  # m/px of the patches
-box_lonlat = None             # [lon_min, lat_min, lon_max, lat_max] of the searched grid; default: the test terrain
+box_lonlat = None             # [lon_min, lat_min, lon_max, lat_max] of the searched grid; null: the test terrain
 stride_m = None               # grid spacing, metres
-exclude_radius_m = None       # grid places this close to a query are not returned; default: half a patch
+exclude_radius_m = None       # grid places this close to a query are not returned; null: half a patch
 classes = None                # classes of the precision@k candidates
 per_class = None              # labelled candidates per class
 n_random = None               # random candidates
@@ -57,21 +57,20 @@ import numpy as np
 import pandas as pd
 from IPython.display import Image, display
 
-from topo2vec_lib import maps, paper
-from topo2vec_lib.embedders import load_embedder
+from topo2vec_lib import maps
+from topo2vec_lib.models import load_embedder
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.regional import embed_region, embed_xy
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.storage import fill_from_params, write_json
+from topo2vec_lib.params import notebook_parameters
+from topo2vec_lib.storage import write_json
 from topo2vec_lib.terrain import open_region
 
-DEFAULTS = {"baselines": [m for m in paper.MODELS if m != model], "query_class": "peak",
-            "n_queries": 5, "k": 20, "res_m": 30.0, "stride_m": 90.0, "classes": ["peak", "saddle", "river", "cliff"],
-            "per_class": 200, "n_random": 800, "pk_queries": 5, "pk_k": 10, "repeats": 20, "seed": 0}
-fill_from_params(globals(), params_path, "exp4", DEFAULTS)
+print(notebook_parameters(globals(), "exp4", [
+    "model", "baselines", "query_lonlat", "query_class", "n_queries", "k", "res_m", "box_lonlat", "stride_m",
+    "exclude_radius_m", "classes", "per_class", "n_random", "pk_queries", "pk_k", "repeats", "seed"]))
 res_m = float(res_m)
 exclude_radius_m = 17 * res_m / 2 if exclude_radius_m is None else float(exclude_radius_m)
-print({key: globals()[key] for key in DEFAULTS}, "model:", model)
 
 
 def load(name):

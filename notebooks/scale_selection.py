@@ -31,13 +31,13 @@
 # produces them with `allow_upsampling=True`; a sampler without that option drops them (listed in the metrics).
 
 # %% tags=["parameters"]
-params_path = "params.yaml"   # parameters left at None are read from its `scale_selection` section (and `seed`)
+params_path = None            # None: the project's params.yaml; parameters left at None come from its `scale_selection` section
 terrain_dir = "data/terrain"
 labels_dir = "data/labels"
 metrics_path = "metrics/scale_selection.json"
 plots_dir = "plots"
-classes = None                # default: ["peak", "river", "cliff", "saddle"] (paper Exp. 1)
-scales_m = None               # m/px; default: [10, 20, 30, 45, 60, 90, 120] (10, 20: need upsampling)
+classes = None                # paper: the Exp. 1 classes
+scales_m = None               # m/px; finer than the DEM is interpolated
 n = None                      # places per class and seed (balanced); paper: 1000
 seeds = None                  # repetitions; paper: 10
 epochs = None                 # CNN epochs per scale
@@ -54,14 +54,12 @@ import matplotlib.pyplot as plt
 from topo2vec_lib import evaluation as ev
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.storage import fill_from_params, atomic_path, write_json
+from topo2vec_lib.params import notebook_parameters
+from topo2vec_lib.storage import atomic_path, write_json
 from topo2vec_lib.terrain import open_region
 
-DEFAULTS = {"classes": ["peak", "river", "cliff", "saddle"], "scales_m": [10, 20, 30, 45, 60, 90, 120],
-            "n": 1000, "seeds": 10, "epochs": 10, "lr": 3e-3,
-            "min_neg_distance_m": ev.DEFAULT_MIN_NEG_DISTANCE_M, "seed": 0}
-fill_from_params(globals(), params_path, "scale_selection", DEFAULTS)
-print({k: globals()[k] for k in DEFAULTS})
+print(notebook_parameters(globals(), "scale_selection", ["classes", "scales_m", "n", "seeds", "epochs", "lr",
+                                                         "min_neg_distance_m", "seed"]))
 
 
 # %% [markdown]

@@ -27,7 +27,7 @@
 # (elevation range, slope distribution, roughness vs scale) and `metrics/terrain.json`.
 
 # %% tags=["parameters"]
-params_path = "params.yaml"  # parameters left at None are read from its `data` section (and `seed`)
+params_path = None           # None: the project's params.yaml; parameters left at None come from its `data` section
 source = None                # synthetic | geotiff | copernicus
 crs = None                   # metric study CRS
 res_m = None                 # native pixel size (m)
@@ -42,11 +42,10 @@ plots_dir = "plots"
 metrics_path = "metrics/terrain.json"
 
 # %%
-from topo2vec_lib.storage import fill_from_params
+from topo2vec_lib.params import notebook_parameters
 
-fill_from_params(globals(), params_path, "data", dict(
-    source="synthetic", crs="EPSG:3035", res_m=30, size_km=36, train_center=[12.0, 47.2], test_center=[7.6, 46.6],
-    geotiff_path="", raw_dir="data/raw", seed=0))
+notebook_parameters(globals(), "data", ["source", "crs", "res_m", "size_km", "train_center", "test_center",
+                                        "geotiff_path", "raw_dir", "seed"])
 
 # %%
 import time

@@ -15,13 +15,13 @@
 #
 # Reads `params.yaml` -> `models[<model>]` merged over the `train` section (model keys win; `overrides`
 # win over both), samples from the **train** region `<terrain_dir>/train.zarr`, and writes
-# `models/<model>.pt` (a checkpoint `topo2vec_lib.embedders.load_embedder` reads),
+# `models/<model>.pt` (a checkpoint `topo2vec_lib.models.load_embedder` reads),
 # `metrics/train_<model>.json` (final losses, images seen, wall time, images/s), `plots/loss_<model>.csv`
 # (the loss history: `scope` = `steps` rows every `log_steps` steps and one `epoch` row per epoch), and
 # for topo2vec models `plots/reconstructions_<model>.png` (inputs, targets, reconstructions at places of
 # the **test** region).
 #
-# **topo2vec** (paper Algorithm 1, section 2.4; `topo2vec_lib/training.py`): fractal pairs `x` 17 x 17 at
+# **topo2vec** (paper Algorithm 1, section 2.4; `topo2vec_lib/models/topo2vec.py`, the loop in `models/trainer.py`): fractal pairs `x` 17 x 17 at
 # `train_res_m` m/px, target `y` 16k x 16k over the same footprint; L1 loss, Adam, lr 2e-4; topo2vec-adv adds
 # the conditional-GAN loss (lambda_L1 = 100, lambda_GAN = 1), generator and discriminator steps alternating
 # per batch. Decisions where the paper leaves room:
@@ -46,7 +46,7 @@
 
 # %% tags=["parameters"]
 model = "topo2vec-4"
-params_path = "params.yaml"
+params_path = None            # None: the project's params.yaml (`train` section + `models.<model>`)
 terrain_dir = "data/terrain"
 labels_dir = "data/labels"
 models_dir = "models"
@@ -62,18 +62,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from topo2vec_lib import training
+from topo2vec_lib.models import model_config, train_model
+from topo2vec_lib.params import model_parameters
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.storage import atomic_path, load_params, write_json
+from topo2vec_lib.storage import atomic_path, write_json
 from topo2vec_lib.terrain import open_region
 
-params = load_params(params_path)
-seed = params.get("seed", 0) if seed is None else seed
-if model not in params.get("models", {}):
-    raise ValueError(f"model {model!r} is not in {params_path} `models`; known: {sorted(params.get('models', {}))}")
-config = {**params.get("train", {}), **params["models"][model], **(overrides or {}), "name": model}
-kind = config.get("kind")
-print(f"{model}: {config}")
+config, study_seed = model_parameters(model, params_path, overrides)
+seed = study_seed if seed is None else seed
+cfg = model_config(config, complete=True)          # params.yaml states every value of the model
+kind = cfg.KIND
+print(f"{model} (seed {seed}): {cfg.to_dict()}")
 
 
 train_terrain = open_region(terrain_dir, "train")
@@ -89,13 +88,14 @@ print(f"train terrain {train_terrain.shape} px at {sampler.res_m:g} m/px, region
 out_path = Path(models_dir) / f"{model}.pt"
 resume_path = Path(models_dir) / f"{model}.resume.pt"
 t0 = time.perf_counter()
-result = training.train_model(config, sampler, labels=labels, out_path=out_path, resume_path=resume_path,
-                              seed=seed, device=config.get("device", "auto"), progress=True)
+result = train_model(cfg, sampler, labels=labels, out_path=out_path, resume_path=resume_path, seed=seed,
+                     progress=True)
 print(f"trained {model} in {time.perf_counter() - t0:.1f} s")
 
 # %%
 history = result.get("history", [])
-metrics = {"model": model, "kind": kind, **{k: v for k, v in result.items() if k != "history"}}
+metrics = {"model": model, "kind": kind, "config": cfg.to_dict(), "seed": seed,
+           **{k: v for k, v in result.items() if k != "history"}}
 write_json(Path(metrics_dir) / f"train_{model}.json", metrics)
 Path(plots_dir).mkdir(parents=True, exist_ok=True)
 with atomic_path(Path(plots_dir) / f"loss_{model}.csv") as tmp:
@@ -114,7 +114,7 @@ if kind == "topo2vec":
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from topo2vec_lib.embedders import load_embedder
+    from topo2vec_lib.models import load_embedder
 
     embedder = load_embedder(out_path)
     k, res_m = embedder.config["k"], max(embedder.config["train_res_m"])

@@ -8,6 +8,33 @@ import pytest
 import xarray as xr
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_OVERRIDES = REPO / "tests" / "data" / "params_tiny.yaml"
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in: mappings recursively, anything else replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
+
+def tiny_params(**sections) -> dict:
+    """The study's params.yaml with the tiny sizes of tests/data/params_tiny.yaml (and ``sections``) over it."""
+    import yaml
+
+    study = yaml.safe_load((REPO / "params.yaml").read_text())
+    return deep_merge(deep_merge(study, yaml.safe_load(TINY_OVERRIDES.read_text())), sections)
+
+
+def write_params(path: Path, **sections) -> Path:
+    """Write :func:`tiny_params` (with ``sections`` merged over it) to ``path``; returns the path."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(tiny_params(**sections), sort_keys=False))
+    return path
 
 
 def make_terrain(elevation: np.ndarray, res_m: float = 30.0, center_lonlat=(12.0, 47.2),

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import make_terrain
+from conftest import write_params, make_terrain
 from test_evaluation import cone_world
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def models(study):
 
 
 def common(root):
-    return {"params_path": str(root / "no-params.yaml"), "terrain_dir": str(root / "data" / "terrain"),
+    return {"params_path": str(write_params(root / "params.yaml")), "terrain_dir": str(root / "data" / "terrain"),
             "labels_dir": str(root / "data" / "labels"), "seed": 0}
 
 

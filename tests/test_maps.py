@@ -259,7 +259,9 @@ def tiny_study(tmp_path_factory):
 
 
 def _common(root):
-    return {"params_path": str(root / "absent.yaml"), "models_dir": str(root / "models"),
+    from conftest import write_params
+
+    return {"params_path": str(write_params(root / "params.yaml")), "models_dir": str(root / "models"),
             "terrain_dir": str(root / "data" / "terrain"), "labels_dir": str(root / "data" / "labels"), "seed": 0}
 
 
@@ -268,7 +270,7 @@ def test_multiscale_notebook_smoke(tiny_study, notebook_runner, tmp_path):
     import json
 
     out = tmp_path / "out"
-    params = dict(_common(tiny_study), scales_m=[10, 60], box_km=2.0, stride_m=120.0, n_train=40, chunk=8,
+    params = dict(_common(tiny_study), classes=["peak", "saddle", "river", "cliff"], scales_m=[10, 60], box_km=2.0, stride_m=120.0, n_train=40, chunk=8,
                   map_path=str(out / "m.html"), png_path=str(out / "m.png"), metrics_path=str(out / "exp3.json"))
     notebook_runner("multiscale_maps", tmp_path / "nb", params)
     metrics = json.loads((out / "exp3.json").read_text())

@@ -9,7 +9,7 @@ import torch
 
 from scipy.ndimage import gaussian_filter
 
-from conftest import make_terrain
+from conftest import make_terrain, write_params
 from topo2vec_lib.models import Topo2Vec, checkpoints, load_embedder, train_model
 from topo2vec_lib.models.config import Topo2VecConfig
 from topo2vec_lib.models.topo2vec import Topo2VecMethod, sample_chunk
@@ -191,10 +191,7 @@ def test_train_notebook_smoke(tmp_path, notebook_runner):
     terrain_mod.save_terrain(make_terrain(relief(120, 1), region="train"), terrain_dir / "train.zarr")
     terrain_mod.save_terrain(make_terrain(relief(120, 2), center_lonlat=(7.6, 46.6), region="test"),
                              terrain_dir / "test.zarr")
-    params = tmp_path / "params.yaml"
-    params.write_text("train: {images: 100000, epochs: 2, batch_size: 64, device: auto, workers: 0}\n"
-                      "models:\n  topo2vec-4: {kind: topo2vec, k: 4, adversarial: false, train_res_m: [120],"
-                      " lr: 0.0002}\n")
+    params = write_params(tmp_path / "params.yaml", train={"epochs": 2, "batch_size": 64})
     notebook_runner("train", tmp_path / "nb", {
         "model": "topo2vec-4", "params_path": str(params), "terrain_dir": str(terrain_dir),
         "labels_dir": str(tmp_path / "labels"), "models_dir": str(tmp_path / "models"),

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 
 
 @contextlib.contextmanager
@@ -64,38 +63,3 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"cannot write {type(o).__name__} as JSON")
-
-
-def load_params(path: str | os.PathLike = "params.yaml") -> dict:
-    """Read the study's ``params.yaml`` (the single source of every stage's parameters)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"params file {path} does not exist")
-    with open(path) as f:
-        params = yaml.safe_load(f)
-    if not isinstance(params, dict):
-        raise ValueError(f"{path} must hold a mapping of parameter sections, got {type(params).__name__}")
-    return params
-
-
-def fill_from_params(namespace: dict, params_path: str | os.PathLike | None, section: str,
-                     defaults: dict, top_level: tuple[str, ...] = ("seed",)) -> dict:
-    """Fill a notebook's parameters that were left ``None`` from ``params.yaml``.
-
-    For each key of ``defaults``: a value given explicitly (papermill ``-p``) wins; else ``params[section][key]``;
-    for ``top_level`` keys (the study ``seed``) ``params[key]``; else the default. Updates ``namespace`` (a
-    notebook's ``globals()``) in place and returns the resolved values. Keys of the section that the notebook
-    does not know are an error, so a typo in params.yaml never passes silently.
-    """
-    study = load_params(params_path) if params_path and Path(params_path).exists() else {}
-    given_section = study.get(section) or {}
-    unknown = sorted(set(given_section) - set(defaults))
-    if unknown:
-        raise ValueError(f"{params_path}: unknown key(s) {unknown} in section {section!r}; valid: {sorted(defaults)}")
-    resolved = {}
-    for key, default in defaults.items():
-        value = namespace.get(key)
-        if value is None:
-            value = study.get(key) if key in top_level and key in study else given_section.get(key, default)
-        resolved[key] = namespace[key] = value
-    return resolved
