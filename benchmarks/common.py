@@ -6,8 +6,8 @@ import platform
 
 import numpy as np
 
-from topo2vec_lib.synthetic import fbm
 from topo2vec_lib.grid import make_dataarray, window_bounds
+from topo2vec_lib.synthetic import fbm
 
 RES_M = 30.0
 

@@ -26,11 +26,11 @@ import time
 import tracemalloc
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from topo2vec_lib.storage import write_json  # noqa: E402
 from common import fractal_terrain  # benchmarks/common.py (the script folder is on sys.path)
+
+from topo2vec_lib.storage import write_json  # noqa: E402
 
 RES_M = 30.0
 

@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from common import fractal_terrain  # benchmarks/common.py (the script folder is on sys.path)
+
 from topo2vec_lib.sampler import PatchSampler  # noqa: E402
 from topo2vec_lib.storage import write_json  # noqa: E402
-from common import fractal_terrain  # benchmarks/common.py (the script folder is on sys.path)
 
 RES_M = 30.0
 SIZE = 17

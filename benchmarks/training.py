@@ -5,7 +5,7 @@
 One run measures, for 1 and 2 torch threads:
 (a) model only: Algorithm-1 steps (forward, backward, Adam) on random tensors, batch 64, for topo2vec-1 (k=1),
     topo2vec-4 (k=4) and topo2vec-adv (k=4 + discriminator);
-(b) the full training loop (``training.train_topo2vec``) with fractal pairs sampled on the fly from a
+(b) the full training loop (``topo2vec_lib.models.train_model``) with fractal pairs sampled on the fly from a
     ~2000 x 2000 px in-memory terrain, with sampling in the main thread (workers=0) and in one background
     thread (workers=1), for the same three variants;
 (c) embedding: ``Topo2Vec.embed_patches`` patches/s, and ``embed`` (sampling + normalising + encoding) places/s.
@@ -29,12 +29,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from topo2vec_lib import training  # noqa: E402
-from topo2vec_lib.embedders import Topo2Vec  # noqa: E402
-from topo2vec_lib.networks import Encoder  # noqa: E402
+from common import fractal_terrain  # benchmarks/common.py (the script folder is on sys.path)
+
+from topo2vec_lib.models import Topo2Vec, train_model  # noqa: E402
+from topo2vec_lib.models.config import Topo2VecConfig  # noqa: E402
+from topo2vec_lib.models.networks import Encoder  # noqa: E402
+from topo2vec_lib.models.topo2vec import Topo2VecMethod  # noqa: E402
 from topo2vec_lib.sampler import PatchSampler  # noqa: E402
 from topo2vec_lib.storage import write_json  # noqa: E402
-from common import fractal_terrain  # benchmarks/common.py (the script folder is on sys.path)
 
 BATCH = 64
 VARIANTS = {
@@ -61,27 +63,26 @@ def best_of(fn, repeats: int) -> dict:
 
 def model_only(config: dict, steps: int) -> dict:
     """(a) images/s of Algorithm-1 steps on random tensors (no sampling)."""
-    cfg = training.topo2vec_config({**config, "batch_size": BATCH})
+    cfg = Topo2VecConfig.from_dict({**config, "batch_size": BATCH})
     torch.manual_seed(0)
-    nets = training.build_networks(cfg)
-    opts = training.build_optimizers(cfg, nets)
-    x = torch.rand(BATCH, 1, 17, 17)
-    y = torch.rand(BATCH, 1, 16 * cfg["k"], 16 * cfg["k"])
-    l1, bce = torch.nn.L1Loss(), torch.nn.BCEWithLogitsLoss()
+    method = Topo2VecMethod(cfg, None, seed=0, device=torch.device("cpu"))
+    method.build()
+    x = torch.rand(BATCH, 1, 17, 17).contiguous(memory_format=torch.channels_last)
+    y = torch.rand(BATCH, 1, 16 * cfg.k, 16 * cfg.k).contiguous(memory_format=torch.channels_last)
     for _ in range(3):                                   # warm-up (oneDNN primitive creation)
-        training._step(cfg, nets, opts, x, y, l1, bce)
+        method.step((x, y))
     start = clock()
     for _ in range(steps):
-        training._step(cfg, nets, opts, x, y, l1, bce)
+        method.step((x, y))
     return rates(steps * BATCH, start)
 
 
 def full_loop(config: dict, sampler, steps: int, workers: int, tmp: Path) -> dict:
-    """(b) images/s of ``train_topo2vec`` with on-the-fly sampling (one epoch of ``steps`` batches)."""
+    """(b) images/s of the training loop with on-the-fly sampling (one epoch of ``steps`` batches)."""
     cfg = {**config, "batch_size": BATCH, "images": steps * BATCH, "epochs": 1, "workers": workers,
            "chunk_batches": 16, "log_steps": 0}
     start = clock()
-    out = training.train_topo2vec(cfg, sampler, out_path=tmp / "m.pt", progress=False, seed=0)
+    out = train_model(cfg, sampler, out_path=tmp / "m.pt", progress=False, seed=0)
     r = rates(out["images_seen"], start)
     r["images"] = out["images_seen"]
     return r

@@ -87,15 +87,16 @@ import time
 from pathlib import Path
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from topo2vec_lib import labels as L
 from topo2vec_lib import grid as T
-from topo2vec_lib.terrain import open_region
+from topo2vec_lib import labels as L
 from topo2vec_lib.storage import atomic_path, write_json
+from topo2vec_lib.terrain import open_region
 
 L.check_source(source)
 rules = {k: globals()[k] for k in L.RULE_DEFAULTS}

@@ -58,11 +58,11 @@ import pandas as pd
 from IPython.display import Image, display
 
 from topo2vec_lib import maps
-from topo2vec_lib.models import load_embedder
 from topo2vec_lib.labels import read_labels
+from topo2vec_lib.models import load_embedder
+from topo2vec_lib.params import notebook_parameters
 from topo2vec_lib.regional import embed_region, embed_xy
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.params import notebook_parameters
 from topo2vec_lib.storage import write_json
 from topo2vec_lib.terrain import open_region
 

@@ -53,8 +53,8 @@ import matplotlib.pyplot as plt
 
 from topo2vec_lib import evaluation as ev
 from topo2vec_lib.labels import read_labels
-from topo2vec_lib.sampler import PatchSampler
 from topo2vec_lib.params import notebook_parameters
+from topo2vec_lib.sampler import PatchSampler
 from topo2vec_lib.storage import atomic_path, write_json
 from topo2vec_lib.terrain import open_region
 

@@ -54,9 +54,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from topo2vec_lib.grid import PAPER_REGIONS, hillshade, slope_deg, xy_to_lonlat
 from topo2vec_lib.storage import atomic_path, write_json
 from topo2vec_lib.synthetic import relief_statistics
-from topo2vec_lib.grid import PAPER_REGIONS, hillshade, slope_deg, xy_to_lonlat
 from topo2vec_lib.terrain import load_terrain, save_terrain
 
 centers = {"train": train_center, "test": test_center}

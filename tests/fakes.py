@@ -13,8 +13,8 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 
 @dataclasses.dataclass
@@ -69,7 +69,7 @@ class FakeServer:
             return sum(1 for r in self.log if path is None or r.path == path)
 
     # -- lifecycle
-    def __enter__(self) -> "FakeServer":
+    def __enter__(self) -> FakeServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -92,7 +92,7 @@ class FakeServer:
                 reply = scripted or server._answer(req)
                 try:
                     self._send(reply)
-                except (BrokenPipeError, ConnectionResetError, socket.timeout):
+                except (TimeoutError, BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (read time-out): nothing to do
 
             def _send(self, reply: Reply):

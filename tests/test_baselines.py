@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from topo2vec_lib.grid import slope_deg
 from topo2vec_lib import geomorphometry as gm
+from topo2vec_lib.grid import slope_deg
 from topo2vec_lib.models import MODELS, load_embedder, model_config, train_model
 from topo2vec_lib.models import cnn as cnn_model
 from topo2vec_lib.models import saumoco as saumoco_model

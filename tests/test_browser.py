@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-
 from browser import image_is_varied, load_page, requires_chromium
+
 from topo2vec_lib import maps
 
 pytestmark = [pytest.mark.browser, requires_chromium]

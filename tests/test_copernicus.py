@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fakes import FakeServer, Reply, SleepRecorder, closed_port_url
+
 from topo2vec_lib import copernicus
 from topo2vec_lib.download import DownloadError, HttpConfig, NotFoundError, download, fetch_bytes
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_terrain
+
 from topo2vec_lib.models import Embedder, Topo2Vec, checkpoints, load_embedder
 from topo2vec_lib.models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from topo2vec_lib.models.networks import Decoder, Encoder

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_terrain
+
 from topo2vec_lib import evaluation as ev
 from topo2vec_lib import paper
 from topo2vec_lib.sampler import PatchSampler

@@ -5,8 +5,7 @@ import json
 
 import pandas as pd
 import pytest
-
-from conftest import write_params, make_terrain
+from conftest import make_terrain, write_params
 from test_evaluation import cone_world
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from topo2vec_lib.grid import slope_deg
 from topo2vec_lib import labels as L
+from topo2vec_lib.grid import slope_deg
 
 RES = 30.0
 

@@ -5,13 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from test_regional import StatsEmbedder  # tiny numpy stand-in for a trained embedder
 
 from topo2vec_lib import maps
 from topo2vec_lib.regional import embed_region
 from topo2vec_lib.sampler import PatchSampler
-
-
-from test_regional import StatsEmbedder  # tiny numpy stand-in for a trained embedder
 
 
 def bumps_terrain(terrain_factory, region, center, n=160, seed=0):
@@ -234,9 +232,9 @@ def test_nearest_label_within_radius(world):
 def tiny_study(tmp_path_factory):
     """A tiny study on disk: synthetic train/test terrains (4 km), derived labels, an ID and an untrained
     topo2vec-4 checkpoint (smoke runs only check the notebooks run end to end and write their outputs)."""
-    from topo2vec_lib.models.identity import IdEmbedder
-    from topo2vec_lib.models import Topo2Vec
     from topo2vec_lib.labels import derive_labels, write_labels
+    from topo2vec_lib.models import Topo2Vec
+    from topo2vec_lib.models.identity import IdEmbedder
     from topo2vec_lib.models.networks import Encoder
     from topo2vec_lib.synthetic import synthetic_terrain
     from topo2vec_lib.terrain import save_terrain

@@ -2,8 +2,14 @@
 import pytest
 import torch
 
-from topo2vec_lib.models.networks import (Decoder, Discriminator, Encoder, count_parameters, decoder_channels,
-                                   discriminator_input)
+from topo2vec_lib.models.networks import (
+    Decoder,
+    Discriminator,
+    Encoder,
+    count_parameters,
+    decoder_channels,
+    discriminator_input,
+)
 
 
 # Parameter counts from the paper's layer list, by hand: conv = c_in*c_out*k*k + c_out, BatchNorm = 2c.

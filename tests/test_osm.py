@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from fakes import FakeServer, Reply, SleepRecorder, closed_port_url
 from pyproj import Geod
 
-from fakes import FakeServer, Reply, SleepRecorder, closed_port_url
 from topo2vec_lib import osm
 from topo2vec_lib.download import DownloadError, HttpConfig
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from browser import CHROMIUM, load_page
 from conftest import TINY_OVERRIDES, write_params
 

@@ -192,8 +192,8 @@ def test_embed_region_agrees_with_embedder_embed(rough):
     (the lon/lat round trip moves places by nanometres, so values agree to about 1e-5)."""
     import torch
 
-    from topo2vec_lib.models.identity import IdEmbedder
     from topo2vec_lib.models import Topo2Vec
+    from topo2vec_lib.models.identity import IdEmbedder
     from topo2vec_lib.models.networks import Encoder
 
     torch.manual_seed(0)

@@ -5,10 +5,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from browser import image_is_varied, load_page, requires_chromium
 
 from topo2vec_lib.report import Section, build_report, metrics_table
-
-from browser import image_is_varied, load_page, requires_chromium
 
 
 def _fake_outputs(root):

@@ -5,14 +5,20 @@ import numpy as np
 import pytest
 import rasterio.warp
 from affine import Affine
+from conftest import make_terrain
 from pyproj import Transformer
 from rasterio.enums import Resampling
 from scipy import ndimage
 
-from conftest import make_terrain
 from topo2vec_lib import sampler as sampler_mod
-from topo2vec_lib.sampler import (NodataError, OutsideRegionError, OutsideTerrainError, PatchSampler,
-                                  block_mean_pyramid, normalize)
+from topo2vec_lib.sampler import (
+    NodataError,
+    OutsideRegionError,
+    OutsideTerrainError,
+    PatchSampler,
+    block_mean_pyramid,
+    normalize,
+)
 
 RES = 30.0
 

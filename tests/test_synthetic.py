@@ -1,13 +1,12 @@
 """The synthetic world: determinism, every class's terrain signature, plausibility statistics."""
 import numpy as np
 import pytest
+from conftest import make_terrain
 from scipy import ndimage
 
-from conftest import make_terrain
-from topo2vec_lib.hydrology import d8_receivers, fill_depressions, flow_accumulation
-from topo2vec_lib.synthetic import (fbm, region_rng, relief_statistics, synthetic_elevation,
-                                    synthetic_terrain)
 from topo2vec_lib.grid import slope_deg
+from topo2vec_lib.hydrology import d8_receivers, fill_depressions, flow_accumulation
+from topo2vec_lib.synthetic import fbm, region_rng, relief_statistics, synthetic_elevation, synthetic_terrain
 
 TRAIN_C, TEST_C = (12.0, 47.2), (7.6, 46.6)
 

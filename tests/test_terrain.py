@@ -6,11 +6,19 @@ import types
 import numpy as np
 import pytest
 import rasterio
+from conftest import make_terrain
 from rasterio.transform import from_origin
 
-from conftest import make_terrain
-from topo2vec_lib.grid import (PAPER_REGIONS, grid_coords, hillshade, lonlat_to_xy, region_window, slope_deg,
-                               window_bounds, xy_to_lonlat)
+from topo2vec_lib.grid import (
+    PAPER_REGIONS,
+    grid_coords,
+    hillshade,
+    lonlat_to_xy,
+    region_window,
+    slope_deg,
+    window_bounds,
+    xy_to_lonlat,
+)
 from topo2vec_lib.terrain import geotiff_terrain, load_terrain, open_terrain, save_terrain
 
 TRAIN_C = (12.0, 47.2)

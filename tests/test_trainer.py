@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
+from conftest import make_terrain, write_params
 from scipy.ndimage import gaussian_filter
 
-from conftest import make_terrain, write_params
 from topo2vec_lib.models import Topo2Vec, checkpoints, load_embedder, train_model
 from topo2vec_lib.models.config import Topo2VecConfig
 from topo2vec_lib.models.topo2vec import Topo2VecMethod, sample_chunk

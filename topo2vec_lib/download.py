@@ -28,8 +28,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
 """HTTP statuses that are retried (rate limit and server-side trouble)."""

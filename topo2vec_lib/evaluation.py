@@ -18,7 +18,7 @@ Differences from the reference code (reference_code_notes.md, section 4), on pur
 from __future__ import annotations
 
 import zlib
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd

@@ -16,10 +16,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from topo2vec_lib.grid import xy_to_lonlat
 from topo2vec_lib.models.embedder import PATCH_SIZE, Embedder
 from topo2vec_lib.sampler import PatchSampler, as_sampler
 from topo2vec_lib.storage import atomic_path
-from topo2vec_lib.grid import xy_to_lonlat
 
 
 def grid_xy(bounds_xy, stride_m: float) -> tuple[np.ndarray, np.ndarray]:

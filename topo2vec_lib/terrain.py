@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .grid import (PAPER_REGIONS, check_crs, check_positive, grid_coords, make_dataarray, region_lonlat_of,
-                   region_window)
+from .grid import check_crs, check_positive, grid_coords, make_dataarray, region_lonlat_of, region_window
 from .storage import atomic_path
 
 SOURCES = ("synthetic", "geotiff", "copernicus")

@@ -30,7 +30,7 @@ class CheckpointError(ValueError):
 
 
 def _pack(obj: Any) -> Any:
-    """numpy arrays -> tagged tensors, numpy scalars -> Python numbers, tuples kept, recursively."""
+    """Numpy arrays -> tagged tensors, numpy scalars -> Python numbers, tuples kept, recursively."""
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
             raise TypeError("object arrays cannot be stored in a checkpoint")

@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 STEMS = ("paper", "reference")
 DISCRIMINATOR_STYLES = ("paper", "reference")

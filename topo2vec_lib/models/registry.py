@@ -19,8 +19,14 @@ import torch
 
 from topo2vec_lib.models import checkpoints, cnn, identity, saumoco, topo2vec
 from topo2vec_lib.models import geomorphometry as geomorphometry_model
-from topo2vec_lib.models.config import (CnnConfig, GeomorphometryConfig, IdConfig, ModelConfig, SauMoCoConfig,
-                                        Topo2VecConfig)
+from topo2vec_lib.models.config import (
+    CnnConfig,
+    GeomorphometryConfig,
+    IdConfig,
+    ModelConfig,
+    SauMoCoConfig,
+    Topo2VecConfig,
+)
 from topo2vec_lib.models.embedder import Embedder
 from topo2vec_lib.models.trainer import Method, fit, resolve_device, torch_threads
 from topo2vec_lib.sampler import PatchSampler

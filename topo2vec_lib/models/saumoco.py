@@ -81,7 +81,7 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def momentum_update(self, m: float) -> None:
-        """key = m * key + (1 - m) * query, for the encoder and head parameters (MoCo eq. 2)."""
+        """Key = m * key + (1 - m) * query, for the encoder and head parameters (MoCo eq. 2)."""
         for q, k in zip(self.query_parameters(),
                         list(self.encoder_k.parameters()) + list(self.head_k.parameters())):
             k.mul_(m).add_(q.detach(), alpha=1 - m)
