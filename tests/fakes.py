@@ -146,6 +146,11 @@ def range_reply(data: bytes, range_header: str | None) -> Reply:
     return Reply(206, data[first:last + 1], {"Content-Range": f"bytes {first}-{last}/{len(data)}"})
 
 
+def tile_list_body(names) -> bytes:
+    """A Copernicus ``tileList.txt``: one tile name per line, as the bucket publishes it."""
+    return "".join(f"{n}\n" for n in names).encode()
+
+
 def closed_port_url() -> str:
     """``http://127.0.0.1:<port>`` of a port nobody listens on (connections are refused at once)."""
     with socket.socket() as s:

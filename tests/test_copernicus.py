@@ -1,14 +1,20 @@
 """Copernicus GLO-30 downloads and mosaic, and the shared HTTP client, against a local fake bucket.
 
 The fake bucket serves tiny real COG tiles (1x1 degree at 0.005 degree) of an analytic surface that is
-linear in lon/lat, so bilinear reprojection must reproduce it exactly at every output pixel centre.
+linear in lon/lat, so bilinear reprojection must reproduce it exactly at every output pixel centre, and a
+``tileList.txt`` naming them (the tile (12, 48) is sea: absent from the list, never served).
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
+<<<<<<< HEAD
 from fakes import FakeServer, Reply, SleepRecorder, closed_port_url
 
+=======
+
+from fakes import FakeServer, Reply, SleepRecorder, closed_port_url, tile_list_body
+>>>>>>> download
 from topo2vec_lib import copernicus
 from topo2vec_lib.download import DownloadError, HttpConfig, NotFoundError, download, fetch_bytes
 
@@ -20,8 +26,9 @@ def surface(lon, lat):
     return 1000.0 + 200.0 * (np.asarray(lon) - 11.0) + 100.0 * (np.asarray(lat) - 47.0)
 
 
-def make_tile(tmp_path, lon: int, lat: int) -> bytes:
-    """Bytes of a COG tile with SW corner (lon, lat), pixels of RES_DEG holding ``surface`` at their centres."""
+def make_tile(tmp_path, lon: int, lat: int, values=None, nodata=None, crs="EPSG:4326") -> bytes:
+    """Bytes of a COG tile with SW corner (lon, lat), pixels of RES_DEG holding ``surface`` at their centres
+    (or ``values(z)``, a function of that array); ``nodata`` is declared if given."""
     import rasterio
     from rasterio.transform import from_origin
 
@@ -29,9 +36,11 @@ def make_tile(tmp_path, lon: int, lat: int) -> bytes:
     lon_c = lon + (np.arange(n) + 0.5) * RES_DEG
     lat_c = lat + 1 - (np.arange(n) + 0.5) * RES_DEG
     z = surface(lon_c[None, :], lat_c[:, None]).astype(np.float32)
-    path = tmp_path / f"src_{lon}_{lat}.tif"
-    with rasterio.open(path, "w", driver="COG", width=n, height=n, count=1, dtype="float32", crs="EPSG:4326",
-                       transform=from_origin(lon, lat + 1, RES_DEG, RES_DEG), blocksize=128) as ds:
+    if values is not None:
+        z = values(z).astype(np.float32)
+    path = tmp_path / f"src_{lon}_{lat}_{id(values)}_{nodata}_{crs.replace(':', '')}.tif"
+    with rasterio.open(path, "w", driver="COG", width=n, height=n, count=1, dtype="float32", crs=crs,
+                       transform=from_origin(lon, lat + 1, RES_DEG, RES_DEG), blocksize=128, nodata=nodata) as ds:
         ds.write(z, 1)
     return path.read_bytes()
 
@@ -48,11 +57,16 @@ def tiles(tmp_path_factory):
     return {(lon, lat): make_tile(tmp, lon, lat) for lon, lat in [(11, 47), (12, 47), (11, 48)]}
 
 
+LISTED = [(11, 47), (12, 47), (11, 48), (20, 40)]
+"""Tiles in the fake bucket's tileList.txt: the three served ones and (20, 40), far from every test window."""
+
+
 @pytest.fixture
 def bucket(tiles):
     with FakeServer() as srv:
         for (lon, lat), data in tiles.items():
             srv.add_file(bucket_path(lon, lat), data)
+        srv.add_file("/tileList.txt", tile_list_body(copernicus.tile_name(*t) for t in LISTED))
         yield srv
 
 
@@ -129,22 +143,24 @@ def test_mosaic_matches_the_analytic_surface_and_sea_is_nan(bucket, tmp_path):
     np.testing.assert_allclose(whole[land], z[land], atol=0.05)
     assert not (np.isnan(whole) != np.isnan(z))[land | sea].any()
 
-    # cache: 3 tiles + one 404, each asked once; a second run asks nothing
-    assert bucket.count() == 4 and bucket.count(bucket_path(12, 48)) == 1
+    # cache: the tile list and 3 tiles, each asked once; the sea tile (not listed) is never asked for
+    assert bucket.count() == 4 and bucket.count("/tileList.txt") == 1 and bucket.count(bucket_path(12, 48)) == 0
     files = sorted(p.name for p in (tmp_path / "copernicus").iterdir())
     assert files == sorted([f"{copernicus.tile_name(*t)}.tif" for t in [(11, 47), (12, 47), (11, 48)]]
-                           + [f"{copernicus.tile_name(12, 48)}.missing"])
+                           + ["tileList.txt", "tileList.json"])
     with rasterio.open(tmp_path / "copernicus" / f"{copernicus.tile_name(11, 47)}.tif") as ds:
         assert ds.width == 200 and ds.crs.to_epsg() == 4326
     assert leftovers(tmp_path) == []
 
 
-def test_window_fully_at_sea_is_all_nan(bucket, tmp_path):
+def test_window_fully_at_sea_is_an_error_naming_the_tiles(bucket, tmp_path):
     bounds = window_bounds(12.5, 48.5, 5_000, 500)
-    da = copernicus.copernicus_terrain(bounds, res_m=500, cache_dir=tmp_path, base_url=bucket.url,
-                                       config=config(), progress=False)
-    assert da.shape == (10, 10) and np.isnan(da.values).all()
-    assert da.attrs["region"] == "window" and len(da.attrs["region_lonlat"]) == 4
+    name = copernicus.tile_name(12, 48)
+    with pytest.raises(copernicus.EmptyWindowError, match=f"no height at all: {name}: absent from "
+                       f"{bucket.url}/tileList.txt \\(open sea\\)"):
+        copernicus.copernicus_terrain(bounds, res_m=500, cache_dir=tmp_path, base_url=bucket.url,
+                                      config=config(), progress=False)
+    assert bucket.count(bucket_path(12, 48)) == 0
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path):
@@ -191,7 +207,7 @@ def test_always_corrupt_tile_fails_naming_the_url_and_leaves_nothing(bucket, til
     with pytest.raises(DownloadError, match=f"{bucket.url}{path}.*failed validation"):
         copernicus.fetch_tiles([name], tmp_path, bucket.url, config(), progress=False)
     assert bucket.count(path) == 4  # 1 + retries
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tileList.json", "tileList.txt"]  # no tile, no .part
 
 
 def test_429_honours_retry_after_and_5xx_backs_off(bucket, tiles, tmp_path):
@@ -277,4 +293,67 @@ def test_load_terrain_copernicus_goes_through_the_configurable_default_url(bucke
     lon, lat = Transformer.from_crs(da.rio.crs, "EPSG:4326", always_xy=True).transform(
         *np.meshgrid(da.x.values, da.y.values))
     np.testing.assert_allclose(da.values, surface(lon, lat), atol=0.15)
-    assert bucket.count() == 1 and (tmp_path / "copernicus" / f"{copernicus.tile_name(11, 47)}.tif").exists()
+    assert bucket.count() == 2 and (tmp_path / "copernicus" / f"{copernicus.tile_name(11, 47)}.tif").exists()
+
+
+# ---------------------------------------------------------------- the published tile list
+def age_tile_list(cache, days: float) -> None:
+    """Pretend the cached tile list was fetched ``days`` ago."""
+    import json
+    import time
+
+    meta = json.loads((cache / "tileList.json").read_text())
+    meta["fetched_unix"] = time.time() - days * 86400
+    (cache / "tileList.json").write_text(json.dumps(meta))
+
+
+def test_tile_list_is_cached_and_fetched_again_when_old(bucket, tmp_path):
+    names, cached = copernicus.tile_list(tmp_path, bucket.url, config())
+    assert names == {copernicus.tile_name(*t) for t in LISTED} and not cached
+    assert copernicus.tile_list(tmp_path, bucket.url, config()) == (names, True) and bucket.count() == 1
+    age_tile_list(tmp_path, 31)  # older than TILE_LIST_MAX_AGE_S (30 days): asked again
+    assert copernicus.tile_list(tmp_path, bucket.url, config()) == (names, False) and bucket.count() == 2
+    # a list cached for another base_url is not reused
+    with FakeServer() as other:
+        other.add_file("/tileList.txt", tile_list_body([copernicus.tile_name(20, 40)]))
+        assert copernicus.tile_list(tmp_path, other.url, config())[0] == {copernicus.tile_name(20, 40)}
+    # a corrupt cached list is fetched again
+    (tmp_path / "tileList.txt").write_text("<html>oops</html>")
+    assert copernicus.tile_list(tmp_path, bucket.url, config()) == (names, False)
+
+
+def test_old_tile_list_is_used_offline_with_a_warning(bucket, tmp_path):
+    names, _ = copernicus.tile_list(tmp_path, bucket.url, config())
+    age_tile_list(tmp_path, 40)
+    bucket.script("/tileList.txt", *[Reply(503)] * 4)
+    with pytest.warns(UserWarning, match="could not fetch the Copernicus tile list again.*HTTP 503.*40.0 days"):
+        assert copernicus.tile_list(tmp_path, bucket.url, config()) == (names, True)
+
+
+def test_fully_cached_window_needs_no_network(bucket, tmp_path):
+    bounds = window_bounds(11.5, 47.5, 5_000, 500)
+    first = copernicus.copernicus_terrain(bounds, res_m=500, cache_dir=tmp_path, base_url=bucket.url,
+                                          config=config(), progress=False)
+    again = copernicus.copernicus_terrain(bounds, res_m=500, cache_dir=tmp_path, base_url=closed_port_url(),
+                                          config=config(), progress=False)
+    np.testing.assert_array_equal(first.values, again.values)
+
+
+def test_stale_list_is_checked_again_when_a_listed_tile_answers_404(bucket, tmp_path):
+    """A tile removed from the bucket since the list was cached: one fresh list decides, nothing is cached."""
+    cache = tmp_path / "copernicus"
+    name = copernicus.tile_name(11, 47)
+    copernicus.tile_list(cache, bucket.url, config())
+    del bucket.files[bucket_path(11, 47)]
+    bucket.files["/tileList.txt"] = tile_list_body([copernicus.tile_name(12, 47)])
+    assert copernicus.fetch_tiles([name], cache, bucket.url, config(), progress=False) == {name: None}
+    assert bucket.count("/tileList.txt") == 2 and bucket.count(bucket_path(11, 47)) == 1
+    assert not list(cache.glob(f"{name}*"))
+
+
+def test_legacy_missing_markers_are_not_trusted(bucket, tiles, tmp_path):
+    """A ``.missing`` marker written by an older version (a cached 404) is ignored and removed."""
+    name = copernicus.tile_name(11, 47)
+    (tmp_path / f"{name}.missing").write_text("{}")
+    out = copernicus.fetch_tiles([name], tmp_path, bucket.url, config(), progress=False)
+    assert out[name].read_bytes() == tiles[(11, 47)] and not (tmp_path / f"{name}.missing").exists()

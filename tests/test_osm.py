@@ -245,7 +245,7 @@ def test_read_label_files(tmp_path):
     with pytest.raises(ValueError, match=r"needs columns 'lon' and 'lat'.*\['x', 'y'\]"):
         osm.read_label_files({"peak": tmp_path / "xy.csv"}, "test")
     pd.DataFrame({"lon": [11.0, 200.0], "lat": [47.0, 47.0]}).to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(ValueError, match="1 points are not valid lon/lat.*lon=200"):
+    with pytest.raises(ValueError, match="1 of 2 places have coordinates lon outside -180..180.*lon=200"):
         osm.read_label_files({"peak": tmp_path / "bad.csv"}, "test")
     (tmp_path / "p.kml").write_text("<kml/>")
     with pytest.raises(ValueError, match="unknown label file type '.kml'"):

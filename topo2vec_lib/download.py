@@ -6,13 +6,16 @@ Plain standard library (``urllib.request``), no extra dependency. Every request 
   seconds of silence allowed while waiting for or reading the answer), so an offline machine fails in
   seconds instead of hanging;
 * retries with exponential backoff and jitter (seeded; ``sleep`` injectable so tests are instant) on
-  HTTP 429, 5xx, time-outs and dropped connections; a ``Retry-After`` header is honoured;
+  HTTP 429, 5xx, time-outs and dropped connections; a ``Retry-After`` header is honoured, and one asking for
+  more than ``max_backoff_s`` (hours, days) is a :class:`DownloadError` at once (never a shorter wait);
 * errors (:class:`DownloadError`) that name the URL and what happened.
 
 :func:`download` writes into a cache: bytes go to ``<file>.part`` (resumed with an HTTP ``Range`` request
-after a dropped connection), the finished file is checked by a ``validate`` hook (for rasters
-:func:`validate_raster` opens it with rasterio and reads pixels), then renamed into place atomically. A file
-that fails validation is deleted and fetched again, never used; a cached file is re-validated before use.
+after a dropped connection), the finished file must have the size the server announced (``Content-Length``,
+or the total of a ``206`` answer's ``Content-Range``: a partial answer is resumed, never kept as the whole) and
+pass a ``validate`` hook (for rasters :func:`validate_raster` opens it with rasterio and reads pixels), then it
+is renamed into place atomically. A file that fails validation is deleted and fetched again, never used; a
+cached file is re-validated before use.
 """
 from __future__ import annotations
 
@@ -56,8 +59,9 @@ class HttpConfig:
     ``connect_retries``: extra attempts when the host cannot be reached at all (refused, DNS, unreachable,
     connect time-out); kept small so a machine without network fails fast with a clear message.
     Backoff before attempt ``i`` (1-based): ``min(max_backoff_s, backoff_s * 2**(i-1)) * (1 + jitter * u)``,
-    ``u ~ U(0, 1)`` from ``random.Random(seed)``; a ``Retry-After`` answer (capped at ``max_backoff_s``)
-    replaces it. ``sleep`` is called for every wait (tests pass a recorder).
+    ``u ~ U(0, 1)`` from ``random.Random(seed)``; a ``Retry-After`` answer replaces it, and one longer than
+    ``max_backoff_s`` ends the retries with a :class:`DownloadError` saying how long the server asked to wait.
+    ``sleep`` is called for every wait (tests pass a recorder).
     """
 
     connect_timeout_s: float = 10.0
@@ -136,11 +140,12 @@ class TransientError(Exception):
     """This attempt failed in a way worth retrying (raise it from a ``check`` hook); ``wait_s`` overrides
     the backoff if set; ``connect`` marks "could not reach the host"."""
 
-    def __init__(self, what: str, wait_s: float | None = None, connect: bool = False):
+    def __init__(self, what: str, wait_s: float | None = None, connect: bool = False, status: int | None = None):
         super().__init__(what)
         self.what = what
         self.wait_s = wait_s
         self.connect = connect
+        self.status = status
 
 
 def _retry_after_s(headers) -> float | None:
@@ -163,7 +168,7 @@ def _classify(url: str, err: BaseException) -> Exception:
     if isinstance(err, urllib.error.HTTPError):
         status = err.code
         if status in RETRY_STATUS:
-            return TransientError(f"HTTP {status} {err.reason}", wait_s=_retry_after_s(err.headers))
+            return TransientError(f"HTTP {status} {err.reason}", wait_s=_retry_after_s(err.headers), status=status)
         body = ""
         try:
             body = err.read(500).decode("utf-8", "replace").strip()
@@ -213,6 +218,11 @@ def with_retries(url: str, attempt: Callable[[], object], config: HttpConfig | N
                 if verdict is err:
                     raise
                 raise verdict from err
+        if verdict.wait_s is not None and verdict.wait_s > config.max_backoff_s:
+            raise DownloadError(
+                f"{url}: {verdict.what}; the server asks to retry after {_duration(verdict.wait_s)} (Retry-After), "
+                f"longer than HttpConfig.max_backoff_s={config.max_backoff_s:g} s: try again later (or raise "
+                f"max_backoff_s)", url=url, status=verdict.status) from last
         n_failed += 1
         n_connect_failed += verdict.connect
         if verdict.connect and n_connect_failed > config.connect_retries:
@@ -224,11 +234,28 @@ def with_retries(url: str, attempt: Callable[[], object], config: HttpConfig | N
             raise DownloadError(f"{url}: gave up after {n_failed} attempts; last: {verdict.what}", url=url) from last
         wait_s = min(config.max_backoff_s, config.backoff_s * 2 ** (n_failed - 1)) * (1 + config.jitter * rng.random())
         if verdict.wait_s is not None:
-            wait_s = min(config.max_backoff_s, verdict.wait_s)
+            wait_s = verdict.wait_s
         config.sleep(wait_s)
 
 
+def _duration(seconds: float) -> str:
+    """``90 s``, ``2.5 h``, ``3.0 days``."""
+    if seconds < 3600:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 # ---------------------------------------------------------------- public helpers
+def check_url(url, what: str = "url") -> str:
+    """``url`` if it is an absolute http(s) URL with a host and no whitespace; ValueError naming ``what`` if not."""
+    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in url):
+        raise ValueError(f"{what} must be an http(s) URL like 'https://host/path', got {url!r}")
+    return url
+
+
 def fetch_bytes(url: str, *, data: bytes | None = None, headers: dict | None = None,
                 config: HttpConfig | None = None, check: Callable[[bytes], None] | None = None) -> bytes:
     """The whole body of ``url`` (GET, or POST when ``data`` is given), with retries.
@@ -283,15 +310,16 @@ def download(url: str, path: str | os.PathLike, *, validate: Callable[[Path], No
                 raise TransientError("HTTP 416 on resume; restarting the download") from err
             raise
         with resp:
-            if start and resp.status == 206:
-                first = _content_range_start(resp.headers.get("Content-Range"))
+            total = None
+            if resp.status == 206:  # a part of the object: where it starts must be where our .part ends
+                first, total = _content_range(resp.headers.get("Content-Range"))
                 if first != start:
                     part.unlink(missing_ok=True)
-                    raise TransientError(f"server resumed at byte {first}, not {start}; restarting")
-                mode = "ab"
+                    raise TransientError(f"server sent bytes from {first}, not {start}; restarting")
+                mode = "ab" if start else "wb"
             else:
                 start, mode = 0, "wb"
-            expected = _expected_size(resp, start)
+            expected = total if total is not None else _expected_size(resp, start)
             with open(part, mode) as f:
                 while chunk := resp.read(config.chunk_bytes):
                     f.write(chunk)
@@ -314,12 +342,14 @@ def download(url: str, path: str | os.PathLike, *, validate: Callable[[Path], No
         raise
 
 
-def _content_range_start(value: str | None) -> int | None:
-    """First byte of ``Content-Range: bytes 100-199/200`` (None if absent or unparsable)."""
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) of ``Content-Range: bytes 100-199/200``; None where absent, ``*`` or unparsable."""
     try:
-        return int(value.split()[1].split("-")[0])
+        span, total = value.split()[1].split("/")
+        first = int(span.split("-")[0])
     except (AttributeError, IndexError, ValueError):
-        return None
+        return None, None
+    return first, (int(total) if total.isdigit() else None)
 
 
 def _expected_size(resp, start: int) -> int | None:

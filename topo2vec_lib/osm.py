@@ -10,6 +10,14 @@ a polite ``delay_s`` and retried with backoff on 429/5xx/time-outs (:mod:`topo2v
 
 Label table (docs/architecture.md): ``pandas.DataFrame`` with columns ``lon, lat, class, source, region,
 osm_id`` (lon/lat EPSG:4326 degrees; ``osm_id`` nullable Int64, NA for user files).
+
+Hostile input is refused, never repaired: an Overpass answer whose elements lack an id or a finite, in-range
+position is a :class:`DownloadError` naming the URL and is not cached (a corrupt cached answer is fetched
+again); a label file that is not valid GeoJSON/CSV/Parquet, has the wrong columns, non-numeric or non-finite
+coordinates, lon outside -180..180 (367.6 is never wrapped to 7.6) or lat outside -90..90 is a ValueError
+naming the file. :func:`check_label_table` checks any label table the same way. Swapped lon/lat within range
+cannot be told from the numbers alone; :func:`clip_to_terrain` refuses a table in which more places fall
+inside the terrain with lon and lat swapped than as given (see :func:`check_not_swapped`).
 """
 from __future__ import annotations
 
@@ -17,14 +25,16 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import os
 import urllib.parse
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .download import DownloadError, HttpConfig, TransientError, fetch_bytes
+from .download import DownloadError, HttpConfig, TransientError, check_url, fetch_bytes
 from .grid import check_bounds_lonlat, lonlat_to_xy
 
 DEFAULT_ENDPOINT = "https://overpass-api.de/api/interpreter"
@@ -127,6 +137,51 @@ def elements_to_points(elements, geometry: str, spacing_m: float) -> list[tuple[
 
 
 # ---------------------------------------------------------------- Overpass
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _position_problem(p) -> str | None:
+    """Why ``p`` (a ``{"lat", "lon"}`` mapping) is not a valid position, or None."""
+    if not isinstance(p, dict) or not (_is_number(p.get("lat")) and _is_number(p.get("lon"))):
+        return f"position {p!r} is not numeric lat/lon"
+    lat, lon = float(p["lat"]), float(p["lon"])
+    if not (math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90 and -180 <= lon <= 180):
+        return f"position lat={lat}, lon={lon} is not finite lat -90..90, lon -180..180"
+    return None
+
+
+def element_problem(el) -> str | None:
+    """Why an Overpass JSON element cannot give a labelled place, or None: it needs ``type`` node/way/relation,
+    an integer ``id`` and a position (``lat``/``lon``, ``center`` or a ``geometry`` list; null vertices allowed)."""
+    if not isinstance(el, dict):
+        return f"element {el!r} is not an object"
+    if el.get("type") not in ("node", "way", "relation") or not isinstance(el.get("id"), int) \
+            or isinstance(el.get("id"), bool):
+        return f"element {json.dumps(el)[:120]} has no type node/way/relation and integer id"
+    where = f"{el['type']} {el['id']}"
+    if "lat" in el or "lon" in el:
+        problem = _position_problem(el)
+    elif "center" in el:
+        problem = _position_problem(el["center"])
+    elif isinstance(el.get("geometry"), list) and any(v is not None for v in el["geometry"]):
+        problem = next((q for v in el["geometry"] if v is not None for q in [_position_problem(v)] if q), None)
+    else:
+        problem = "no position (lat/lon, center or geometry)"
+    return f"{where}: {problem}" if problem else None
+
+
+def check_overpass_doc(doc, where: str) -> None:
+    """ValueError naming ``where`` unless ``doc`` is an Overpass JSON answer whose elements all have positions."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("elements"), list):
+        raise ValueError(f"{where}: the answer is JSON but has no 'elements' list")
+    for el in doc["elements"]:
+        problem = element_problem(el)
+        if problem:
+            raise ValueError(f"{where}: malformed Overpass element ({problem}); "
+                             f"{len(doc['elements'])} elements in the answer")
+
+
 def _check_overpass_json(url: str):
     def check(body: bytes) -> None:
         try:
@@ -135,11 +190,13 @@ def _check_overpass_json(url: str):
             head = body[:200].decode("utf-8", "replace").strip()
             raise DownloadError(f"{url}: the answer is not valid JSON ({err}); it starts with {head!r}",
                                 url=url) from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("elements"), list):
-            raise DownloadError(f"{url}: the answer is JSON but has no 'elements' list", url=url)
-        remark = str(doc.get("remark", ""))
+        remark = str(doc.get("remark", "")) if isinstance(doc, dict) else ""
         if "runtime error" in remark or "timed out" in remark:  # Overpass ran out of time or memory
             raise TransientError(f"Overpass reported: {remark.strip()}")
+        try:
+            check_overpass_doc(doc, url)
+        except ValueError as err:
+            raise DownloadError(str(err), url=url) from None
 
     return check
 
@@ -153,14 +210,21 @@ def overpass(query: str, cache_dir: str | os.PathLike, endpoint: str | None = No
              config: HttpConfig | None = None) -> tuple[dict, bool]:
     """The JSON answer to ``query``, from ``cache_dir/<sha256>.json`` or the endpoint; (doc, was_cached).
 
-    Only complete, well-formed answers are cached (atomically). Malformed JSON raises
-    :class:`DownloadError` naming the URL; an Overpass run-time error (``remark``) is retried.
+    Only complete, well-formed answers are cached (atomically). Malformed JSON, or elements without an id or
+    a valid position, raise :class:`DownloadError` naming the URL; an Overpass run-time error (``remark``) is
+    retried. A cached answer that no longer reads as a valid one is deleted (with a warning) and fetched again.
     """
     from .storage import atomic_path
 
     path = cache_path(query, cache_dir)
     if path.exists():
-        return json.loads(path.read_bytes()), True
+        try:
+            doc = json.loads(path.read_bytes())
+            check_overpass_doc(doc, str(path))
+            return doc, True
+        except (UnicodeDecodeError, ValueError) as err:
+            warnings.warn(f"{path}: cached Overpass answer is corrupt ({err}); fetching it again", stacklevel=2)
+            path.unlink()
     endpoint = endpoint or DEFAULT_ENDPOINT
     body = fetch_bytes(endpoint, data=urllib.parse.urlencode({"data": query}).encode(),
                        headers={"Content-Type": "application/x-www-form-urlencoded"}, config=config,
@@ -193,6 +257,8 @@ def osm_labels(classes, bounds_lonlat, region: str, cache_dir: str | os.PathLike
     if not spacing_m > 0:
         raise ValueError(f"spacing_m must be > 0 metres, got {spacing_m!r}")
     box = check_bounds_lonlat(bounds_lonlat)
+    if endpoint is not None:
+        check_url(endpoint, "endpoint")
     config = config or HttpConfig(read_timeout_s=timeout_s + 30.0)
     jobs = [(c, t) for c in classes for t in bbox_tiles(box, tile_deg)]
     rows, n_sent = [], 0
@@ -232,11 +298,48 @@ def osm_labels_for_terrain(terrain, classes, **kwargs) -> pd.DataFrame:
     return clip_to_terrain(df, terrain)
 
 
-def clip_to_terrain(df: pd.DataFrame, terrain) -> pd.DataFrame:
-    """The rows of a label table whose lon/lat fall inside the terrain's x/y window."""
-    x, y = lonlat_to_xy(terrain.rio.crs, df.lon.to_numpy(), df.lat.to_numpy())
+def _inside_terrain(lon, lat, terrain) -> np.ndarray:
+    x, y = lonlat_to_xy(terrain.rio.crs, lon, lat)
     xmin, ymin, xmax, ymax = terrain.rio.bounds()
-    inside = (x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)
+    return np.isfinite(x) & np.isfinite(y) & (x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)
+
+
+def check_not_swapped(df: pd.DataFrame, terrain, where: str = "label table") -> np.ndarray:
+    """The rows inside the terrain window; ValueError if lon and lat look swapped.
+
+    Heuristic: with lon and lat exchanged, more places would fall inside the terrain than as given (and at
+    least one would). A table that fits the terrain as given never trips it; near the lon = lat diagonal a
+    genuinely swapped table may fit both ways and pass.
+    """
+    lon, lat = df["lon"].to_numpy(float), df["lat"].to_numpy(float)
+    inside = _inside_terrain(lon, lat, terrain)
+    can_swap = np.abs(lon) <= 90
+    swapped = np.zeros_like(inside)
+    swapped[can_swap] = _inside_terrain(lat[can_swap], lon[can_swap], terrain)
+    if swapped.sum() > inside.sum():
+        i = int(np.argmax(swapped))
+        raise ValueError(f"{where}: lon and lat look swapped: {int(swapped.sum())} of {len(df)} places fall inside "
+                         f"the terrain window only with lon and lat exchanged ({int(inside.sum())} as given; first: "
+                         f"lon={lon[i]}, lat={lat[i]}). Columns must be lon (east) and lat (north) in degrees")
+    return inside
+
+
+def clip_to_terrain(df: pd.DataFrame, terrain) -> pd.DataFrame:
+    """The rows of a label table whose lon/lat fall inside the terrain's x/y window.
+
+    Checks the coordinates first (:func:`check_label_table` rules: finite, lon -180..180, lat -90..90, never
+    wrapped) and that lon/lat are not swapped (:func:`check_not_swapped`); warns for each class none of whose
+    places falls inside the window.
+    """
+    _check_lonlat(_numeric(df["lon"], "lon", "label table"), _numeric(df["lat"], "lat", "label table"),
+                  "label table", rows=df.index)
+    inside = check_not_swapped(df, terrain)
+    if "class" in df.columns:
+        for name, kept in pd.Series(inside, index=df.index).groupby(df["class"]).sum().items():
+            if kept == 0:
+                warnings.warn(f"class {name!r}: none of its {int((df['class'] == name).sum())} places falls inside "
+                              f"the terrain window {terrain_bounds_lonlat(terrain)} (lon/lat); wrong file or region?",
+                              stacklevel=2)
     return df[inside].reset_index(drop=True)
 
 
@@ -249,13 +352,74 @@ def _table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- a user's own files
+REQUIRED_LABEL_COLUMNS = ["lon", "lat", "class", "source", "region"]
+"""Columns every label table has (docs/architecture.md); OSM tables add ``osm_id``."""
+
+
+def _check_lonlat(lon: np.ndarray, lat: np.ndarray, where: str, rows=None) -> None:
+    """ValueError naming ``where`` unless every lon/lat is finite, lon in -180..180 and lat in -90..90."""
+    lon, lat = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
+    rows = np.arange(len(lon)) if rows is None else np.asarray(rows)
+    finite = np.isfinite(lon) & np.isfinite(lat)
+    for bad, what in [(~finite, "not finite"),
+                      (finite & (np.abs(lat) > 90), "lat outside -90..90"),
+                      (finite & (np.abs(lon) > 180), "lon outside -180..180 (not wrapped)")]:
+        if bad.any():
+            i = int(np.argmax(bad))
+            hint = ""
+            if what.startswith("lat") and np.all(np.abs(lon[bad]) <= 90):
+                hint = "; lon and lat look swapped (columns must be lon, then lat)"
+            raise ValueError(f"{where}: {int(bad.sum())} of {len(lon)} places have coordinates {what} (first: row "
+                             f"{rows[i]}, lon={float(lon[i])}, lat={float(lat[i])}){hint}; valid: lon -180..180, "
+                             f"lat -90..90 degrees (EPSG:4326)")
+
+
+def _numeric(col: pd.Series, name: str, where: str) -> np.ndarray:
+    """A coordinate column as floats; ValueError naming the first value that is not a number."""
+    num = pd.to_numeric(col, errors="coerce")
+    bad = num.isna() & col.notna()
+    if bad.any():
+        i = bad.to_numpy().argmax()
+        raise ValueError(f"{where}: column {name!r} holds {int(bad.sum())} values that are not numbers (first: row "
+                         f"{col.index[i]}, {col.iloc[i]!r}); coordinates must be decimal degrees")
+    return num.to_numpy(float)
+
+
+def check_label_table(df: pd.DataFrame, path=None) -> pd.DataFrame:
+    """Return ``df`` unchanged if it is a valid label table; ValueError naming ``path`` (or "label table") if not.
+
+    Valid: the columns :data:`REQUIRED_LABEL_COLUMNS`; numeric, finite lon in -180..180 and lat in -90..90
+    (never wrapped; |lat| > 90 with |lon| <= 90 is reported as swapped); ``class`` a non-empty string on every
+    row. Swapped lon/lat within range need the terrain: see :func:`check_not_swapped`.
+    """
+    where = "label table" if path is None else str(path)
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"{where}: a label table must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in REQUIRED_LABEL_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: label table lacks column(s) {missing}; has {list(df.columns)}, "
+                         f"needs {REQUIRED_LABEL_COLUMNS}")
+    lon, lat = _numeric(df["lon"], "lon", where), _numeric(df["lat"], "lat", where)
+    _check_lonlat(lon, lat, where, rows=df.index)
+    cls = df["class"]
+    bad = cls.isna().to_numpy() | ~cls.map(lambda v: isinstance(v, str) and v.strip() not in ("", "nan")).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{where}: {int(bad.sum())} rows have no class name (first: row {df.index[i]}, "
+                         f"class={cls.iloc[i]!r}); every row needs a class such as 'peak'")
+    return df
+
+
 def read_label_files(paths_by_class: dict, region: str, spacing_m: float = 300.0) -> pd.DataFrame:
     """A user's labels as the same table: ``{class: path or [paths]}`` of GeoJSON, CSV or Parquet files.
 
     GeoJSON (``.geojson``/``.json``, EPSG:4326): Points and MultiPoints as they are, (Multi)LineStrings as
-    points every ``spacing_m`` metres, (Multi)Polygons as the mean of their outer ring. CSV / Parquet: columns
-    ``lon`` and ``lat`` (or ``longitude`` and ``latitude``) in degrees. ``source`` is ``"file"``, ``osm_id``
-    is NA. Raises ValueError for an unknown format, missing columns or coordinates out of range.
+    points every ``spacing_m`` metres, (Multi)Polygons as the mean of their outer ring; a ``crs`` member other
+    than lon/lat WGS84 is refused. CSV / Parquet: columns ``lon`` and ``lat`` (or ``longitude`` and
+    ``latitude``) in decimal degrees. ``source`` is ``"file"``, ``osm_id`` is NA. Raises ValueError naming the
+    file for an unknown format, a file that does not parse, missing columns, values that are not numbers,
+    non-finite coordinates, lon outside -180..180 or lat outside -90..90 (with a hint when lon/lat look
+    swapped); warns for a file with no places.
     """
     if not isinstance(paths_by_class, dict) or not paths_by_class:
         raise ValueError(f"paths_by_class must be a non-empty {{class: path}} mapping, got {paths_by_class!r}")
@@ -265,11 +429,9 @@ def read_label_files(paths_by_class: dict, region: str, spacing_m: float = 300.0
             raise ValueError(f"class names must be non-empty strings, got {name!r}")
         for path in [paths] if isinstance(paths, (str, os.PathLike)) else list(paths):
             lon, lat = _read_points(Path(path), spacing_m)
-            bad = ~(np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90))
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise ValueError(f"{path}: {int(bad.sum())} points are not valid lon/lat degrees "
-                                 f"(first: lon={float(lon[i])}, lat={float(lat[i])}); lon must be -180..180, lat -90..90")
+            _check_lonlat(lon, lat, str(path))
+            if len(lon) == 0:
+                warnings.warn(f"{path}: label file for class {name!r} holds no places", stacklevel=2)
             frames.append(pd.DataFrame({"lon": lon, "lat": lat, "class": name, "source": "file",
                                         "region": str(region), "osm_id": pd.NA}))
     return _table(pd.concat(frames, ignore_index=True))
@@ -280,20 +442,43 @@ def _read_points(path: Path, spacing_m: float) -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"label file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix in (".geojson", ".json"):
-        pts = _geojson_points(json.loads(path.read_text()), spacing_m, path)
-        arr = np.array(pts, dtype=float).reshape(-1, 2)
-        return arr[:, 0], arr[:, 1]
-    if suffix == ".csv":
-        df = pd.read_csv(path)
-    elif suffix in (".parquet", ".pq"):
-        df = pd.read_parquet(path)
-    else:
-        raise ValueError(f"{path}: unknown label file type {suffix!r}: use .geojson, .json, .csv or .parquet")
+        return _read_geojson(path, spacing_m)
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(path)
+        elif suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+        else:
+            raise ValueError(f"{path}: unknown label file type {suffix!r}: use .geojson, .json, .csv or .parquet")
+    except (ValueError, OSError, UnicodeDecodeError) as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: cannot read it as {suffix[1:]} ({type(err).__name__}: {err})") from None
     for lon_col, lat_col in (("lon", "lat"), ("longitude", "latitude")):
         if lon_col in df.columns and lat_col in df.columns:
-            return (pd.to_numeric(df[lon_col], errors="coerce").to_numpy(float),
-                    pd.to_numeric(df[lat_col], errors="coerce").to_numpy(float))
+            return _numeric(df[lon_col], lon_col, str(path)), _numeric(df[lat_col], lat_col, str(path))
     raise ValueError(f"{path}: needs columns 'lon' and 'lat' (or 'longitude' and 'latitude'), has {list(df.columns)}")
+
+
+def _read_geojson(path: Path, spacing_m: float) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid GeoJSON ({type(err).__name__}: {err})") from None
+    crs = obj.get("crs") if isinstance(obj, dict) else None
+    if crs is not None:
+        crs_name = str((crs.get("properties") or {}).get("name", "")) if isinstance(crs, dict) else str(crs)
+        if not any(ok in crs_name.upper() for ok in ("CRS84", "EPSG::4326", "EPSG:4326")):
+            raise ValueError(f"{path}: GeoJSON declares crs {crs_name!r}; label files must be lon/lat degrees "
+                             f"(WGS84, EPSG:4326 / OGC:CRS84)")
+    try:
+        arr = np.array(_geojson_points(obj, spacing_m, path), dtype=float).reshape(-1, 2)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as err:
+        if isinstance(err, ValueError) and str(err).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: malformed GeoJSON ({type(err).__name__}: {err}); expected Features with "
+                         f"Point/LineString/Polygon geometries of [lon, lat] coordinates") from None
+    return arr[:, 0], arr[:, 1]
 
 
 def _geojson_points(obj, spacing_m: float, path) -> list[tuple[float, float]]:
