@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-<<<<<<< HEAD
-from fakes import FakeServer, Reply, SleepRecorder, closed_port_url
-
-=======
-
 from fakes import FakeServer, Reply, SleepRecorder, closed_port_url, tile_list_body
->>>>>>> download
+
 from topo2vec_lib import copernicus
 from topo2vec_lib.download import DownloadError, HttpConfig, NotFoundError, download, fetch_bytes
 
