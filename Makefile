@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup repro test bench lab clean-env
+.PHONY: setup repro test lint bench lab clean-env
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ setup: $(STAMP)
 repro: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 
-test: setup
+lint: setup
+	$(BIN)/ruff check topo2vec_lib tests benchmarks notebooks
+	$(BIN)/mypy
+
+test: lint
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
 
 bench: setup

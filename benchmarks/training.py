@@ -10,7 +10,8 @@ One run measures, for 1 and 2 torch threads:
     thread (workers=1), for the same three variants;
 (c) embedding: ``Topo2Vec.embed_patches`` patches/s, and ``embed`` (sampling + normalising + encoding) places/s.
 Rates are given per wall second and per CPU second of this process, each the best of 3 runs (other jobs on a
-shared machine only slow runs down; 2 torch threads suffer most, as OpenMP threads wait for each other). It then estimates the wall time of training each variant at ``params.yaml`` ``train``
+shared machine only slow runs down; 2 torch threads suffer most, as OpenMP threads wait for each other).
+It then estimates the wall time of training each variant at ``params.yaml`` ``train``
 ``images`` x ``epochs`` from the best full-loop rate, and writes everything as JSON (atomically).
 """
 from __future__ import annotations
@@ -124,10 +125,11 @@ def main(argv=None) -> dict:
             torch.set_num_threads(threads)
             run = {"model_only": {}, "full_loop": {}, "full_over_model": {}}
             for name, cfg in VARIANTS.items():
-                run["model_only"][name] = best_of(lambda: model_only(cfg, steps_a), repeats)
-                run["full_loop"][name] = {f"workers={w}": best_of(lambda: full_loop(cfg, sampler, steps_b, w,
-                                                                                    Path(tmp)), repeats)
-                                          for w in (0, 1)}
+                run["model_only"][name] = best_of(lambda cfg=cfg: model_only(cfg, steps_a), repeats)
+                run["full_loop"][name] = {
+                    f"workers={w}": best_of(lambda cfg=cfg, w=w: full_loop(cfg, sampler, steps_b, w, Path(tmp)),
+                                            repeats)
+                    for w in (0, 1)}
                 best = max(run["full_loop"][name].values(), key=lambda r: r["per_wall_s"])
                 run["full_over_model"][name] = best["per_wall_s"] / run["model_only"][name]["per_wall_s"]
                 print(f"threads={threads} {name}: model {run['model_only'][name]['per_wall_s']:.0f} img/s, "

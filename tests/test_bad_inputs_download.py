@@ -10,14 +10,14 @@ import dataclasses
 import email.utils
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
-
 from fakes import FakeServer, Reply, SleepRecorder, closed_port_url, tile_list_body
+
 from topo2vec_lib import copernicus, osm
 from topo2vec_lib.download import DownloadError, HttpConfig, download
 

@@ -192,8 +192,8 @@ def test_region_bounds_box(world):
     _, test, _ = world
     se = PatchSampler(test)
     assert maps.region_bounds(se) == se.bounds_xy
-    l, b, r, t = maps.region_bounds(se, [7.59, 46.59, 7.61, 46.61])
-    assert se.bounds_xy[0] <= l < r <= se.bounds_xy[2]
+    left, _, right, _ = maps.region_bounds(se, [7.59, 46.59, 7.61, 46.61])
+    assert se.bounds_xy[0] <= left < right <= se.bounds_xy[2]
     with pytest.raises(ValueError, match="does not overlap"):
         maps.region_bounds(se, [5.0, 45.0, 5.1, 45.1])
 
@@ -268,7 +268,8 @@ def test_multiscale_notebook_smoke(tiny_study, notebook_runner, tmp_path):
     import json
 
     out = tmp_path / "out"
-    params = dict(_common(tiny_study), classes=["peak", "saddle", "river", "cliff"], scales_m=[10, 60], box_km=2.0, stride_m=120.0, n_train=40, chunk=8,
+    params = dict(_common(tiny_study), classes=["peak", "saddle", "river", "cliff"], scales_m=[10, 60], box_km=2.0,
+                  stride_m=120.0, n_train=40, chunk=8,
                   map_path=str(out / "m.html"), png_path=str(out / "m.png"), metrics_path=str(out / "exp3.json"))
     notebook_runner("multiscale_maps", tmp_path / "nb", params)
     metrics = json.loads((out / "exp3.json").read_text())

@@ -163,7 +163,8 @@ def test_osm_labels_for_a_terrain_window(api, tmp_path, terrain_factory):
     terrain = terrain_factory(np.zeros((120, 120)), res_m=300, center_lonlat=(11.5, 47.25), region="train")
     df = osm.osm_labels_for_terrain(terrain, ["peak", "river"], cache_dir=tmp_path, endpoint=api.endpoint,
                                     config=config(), progress=False)
-    x, y = Transformer.from_crs("EPSG:4326", "EPSG:3035", always_xy=True).transform(df.lon.to_numpy(), df.lat.to_numpy())
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:3035", always_xy=True).transform(df.lon.to_numpy(),
+                                                                                    df.lat.to_numpy())
     xmin, ymin, xmax, ymax = terrain.rio.bounds()
     assert ((x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)).all() and set(df.region) == {"train"}
     assert df[df["class"] == "peak"].osm_id.tolist() == [2]  # the 36 km window spans lon 11.26-11.74, lat 47.09-47.41
@@ -262,7 +263,8 @@ def test_labels_stage_sources_osm_and_files(api, tmp_path, terrain_factory):
     from_osm = L.labels_for_terrain(terrain, "osm", osm={"cache_dir": tmp_path, "endpoint": api.endpoint,
                                                          "config": config()})
     assert {"lon", "lat", "class", "source", "region"} <= set(from_osm.columns)
-    assert set(from_osm.region) == {"train"} and set(from_osm.source) == {"osm"} and (from_osm["class"] == "river").any()
+    assert set(from_osm.region) == {"train"} and set(from_osm.source) == {"osm"}
+    assert (from_osm["class"] == "river").any()
     csv = tmp_path / "peaks.csv"
     pd.DataFrame({"lon": [11.5, 11.4, 3.0], "lat": [47.25, 47.2, 40.0]}).to_csv(csv, index=False)
     from_files = L.labels_for_terrain(terrain, "files", files={"peak": csv})

@@ -19,7 +19,8 @@ def _fake_outputs(root):
     fig.savefig(root / "plots" / "a.png")
     plt.close(fig)
     (root / "metrics" / "m.json").write_text(json.dumps({"peak": {"mean": 0.91, "values": [0.9, 0.92]}}))
-    (root / "reports" / "tables" / "exp1.html").write_text("<table id='exp1'><tr><td>peak</td><td>0.91</td></tr></table>")
+    (root / "reports" / "tables" / "exp1.html").write_text(
+        "<table id='exp1'><tr><td>peak</td><td>0.91</td></tr></table>")
     return [Section("Figures", figures=["plots/a.png"]), Section("Metrics", metrics=["metrics/m.json"]),
             Section("Table", tables=["reports/tables/exp1.html"]),
             Section("Later", figures=["plots/not_yet.png"], links=[("map", "reports/map.html")])]

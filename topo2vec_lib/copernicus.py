@@ -36,12 +36,12 @@ import re
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from .download import (DownloadError, HttpConfig, NotFoundError, check_url, download, fetch_bytes,
-                       validate_raster)
+from .download import DownloadError, HttpConfig, NotFoundError, check_url, download, fetch_bytes, validate_raster
 
 DEFAULT_BASE_URL = "https://copernicus-dem-30m.s3.amazonaws.com"
 """Public, anonymous HTTPS endpoint of the GLO-30 bucket (``s3://copernicus-dem-30m``)."""
@@ -126,7 +126,7 @@ def parse_tile_list(body: bytes, url: str) -> frozenset[str]:
         lines = body.decode("utf-8-sig").split()
     except UnicodeDecodeError:
         lines = None
-    bad = next((ln for ln in lines if not _NAME_RE.fullmatch(ln)), None) if lines is not None else body[:80]
+    bad: Any = next((ln for ln in lines if not _NAME_RE.fullmatch(ln)), None) if lines is not None else body[:80]
     if lines is None or bad is not None:
         raise DownloadError(f"{url}: not a Copernicus tile list (one tile name per line, like "
                             f"{tile_name(11, 47)}); it holds {bad[:80]!r} (an HTML error or login page from a "
@@ -154,7 +154,7 @@ def tile_list(cache_dir: str | os.PathLike, base_url: str | None = None, config:
     url = tile_list_url(check_url(base_url or DEFAULT_BASE_URL, "base_url"))
     max_age_s = TILE_LIST_MAX_AGE_S if max_age_s is None else float(max_age_s)
     txt, meta_path = cache_dir / TILE_LIST_NAME, cache_dir / "tileList.json"
-    cached, age_s = None, None
+    cached, age_s = None, 0.0
     try:
         meta = json.loads(meta_path.read_text())
         if meta.get("url") == url:

@@ -93,8 +93,10 @@ class _ReadTimeout:
         super().__init__(*args, **kwargs)
         self._read_timeout = read_timeout
 
+    sock: socket.socket
+
     def connect(self):
-        super().connect()
+        super().connect()  # type: ignore[misc]  # a mixin placed before http.client.HTTPConnection
         self.sock.settimeout(self._read_timeout)
 
 
@@ -122,12 +124,13 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
 
     def https_open(self, req):
         return self.do_open(functools.partial(_HTTPSConnection, read_timeout=self._read_timeout), req,
-                            context=self._context)
+                            context=self._context)  # type: ignore[attr-defined]
 
 
 def _open(url: str, config: HttpConfig, *, data: bytes | None = None, headers: dict | None = None):
     """One HTTP request (no retry); returns the open response. Raises urllib/socket errors as they come."""
-    handlers = [_HTTPHandler(config.read_timeout_s), _HTTPSHandler(config.read_timeout_s)]
+    handlers: list[urllib.request.BaseHandler] = [_HTTPHandler(config.read_timeout_s),
+                                                  _HTTPSHandler(config.read_timeout_s)]
     if urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1"):
         handlers.append(urllib.request.ProxyHandler({}))  # a proxy cannot reach our own loopback (test fakes)
     opener = urllib.request.build_opener(*handlers)
@@ -137,7 +140,7 @@ def _open(url: str, config: HttpConfig, *, data: bytes | None = None, headers: d
 
 # ---------------------------------------------------------------- retry loop
 class TransientError(Exception):
-    """This attempt failed in a way worth retrying (raise it from a ``check`` hook); ``wait_s`` overrides
+    """An attempt that failed in a way worth retrying (raise it from a ``check`` hook); ``wait_s`` overrides
     the backoff if set; ``connect`` marks "could not reach the host"."""
 
     def __init__(self, what: str, wait_s: float | None = None, connect: bool = False, status: int | None = None):
@@ -192,7 +195,7 @@ def _classify(url: str, err: BaseException) -> Exception:
         return TransientError(f"connection dropped ({type(err).__name__}: {err})")
     if isinstance(err, (http.client.HTTPException, ssl.SSLError, socket.gaierror)):
         return TransientError(f"{type(err).__name__}: {err}")
-    return err  # anything else (a local disk error, a bug) is not the network's fault: raise it as it is
+    return err if isinstance(err, Exception) else RuntimeError(str(err))  # not the network's fault: as it is
 
 
 def with_retries(url: str, attempt: Callable[[], object], config: HttpConfig | None = None):
@@ -257,7 +260,7 @@ def check_url(url, what: str = "url") -> str:
 
 
 def fetch_bytes(url: str, *, data: bytes | None = None, headers: dict | None = None,
-                config: HttpConfig | None = None, check: Callable[[bytes], None] | None = None) -> bytes:
+                config: HttpConfig | None = None, check: Callable[[bytes], object] | None = None) -> bytes:
     """The whole body of ``url`` (GET, or POST when ``data`` is given), with retries.
 
     ``check(body)`` may raise :class:`TransientError` (retry, e.g. a server-side time-out reported in a 200
@@ -344,6 +347,8 @@ def download(url: str, path: str | os.PathLike, *, validate: Callable[[Path], No
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
     """(first byte, total size) of ``Content-Range: bytes 100-199/200``; None where absent, ``*`` or unparsable."""
+    if value is None:
+        return None, None
     try:
         span, total = value.split()[1].split("/")
         first = int(span.split("-")[0])

@@ -25,7 +25,8 @@ Measures (per patch, one scale; :func:`descriptors` stacks them in :data:`FEATUR
   diagonals), the steepest upward and downward elevation angles seen from the centre, ``beta_max`` and
   ``beta_min``, give the zenith ``phi = 90 - beta_max`` and nadir ``psi = 90 + beta_min`` angles; the
   direction is *higher* (+) if ``psi - phi > flat_deg``, *lower* (-) if ``phi - psi > flat_deg``, else flat.
-  ``flat_deg`` defaults to 1 degree, the default of Jasiewicz & Stepinski and of GRASS ``r.geomorphon``. A summit has 8 lower.
+  ``flat_deg`` defaults to 1 degree, the default of Jasiewicz & Stepinski and of GRASS ``r.geomorphon``.
+  A summit has 8 lower.
 """
 from __future__ import annotations
 

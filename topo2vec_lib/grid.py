@@ -135,7 +135,7 @@ def region_lonlat_of(region: str, region_lonlat=None) -> tuple[float, float, flo
         box = tuple(float(v) for v in region_lonlat)
         if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
             raise ValueError(f"region_lonlat must be (lon_min, lat_min, lon_max, lat_max), got {region_lonlat!r}")
-        return box  # type: ignore[return-value]
+        return box
     if region not in PAPER_REGIONS:
         raise ValueError(f"unknown region {region!r}: use one of {sorted(PAPER_REGIONS)} or pass region_lonlat")
     return PAPER_REGIONS[region]
@@ -191,7 +191,8 @@ def make_dataarray(elevation: np.ndarray, bounds, res_m: float, crs: str, *, reg
 def values_res(da, res_m: float | None = None) -> tuple[np.ndarray, float]:
     """``(float64 values, res_m)`` of a terrain DataArray (``res_m`` from its attrs) or of a plain array."""
     if isinstance(da, xr.DataArray):
-        res_m = float(da.attrs.get("res_m", res_m) if res_m is None else res_m)
+        if res_m is None:
+            res_m = da.attrs.get("res_m")
         z = np.asarray(da.values, dtype=np.float64)
     else:
         z = np.asarray(da, dtype=np.float64)

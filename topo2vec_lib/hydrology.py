@@ -282,7 +282,7 @@ def _exact_ramp(f: np.ndarray, valid: np.ndarray, outlet: np.ndarray) -> np.ndar
     settled = valid.ravel() & outlet.ravel()[root]
     k = np.where(valid, _to_ordinal(np.where(valid, f, 0.0)), 0).ravel()
     big = np.iinfo(np.int64).max
-    low = np.full(f.shape, big)
+    low: np.ndarray = np.full(f.shape, big)
     for _, _, nb in _padded_views(np.where(settled.reshape(ny, nx), k.reshape(ny, nx), big), big):
         np.minimum(low, nb, out=low)
     low = low.ravel()
@@ -341,7 +341,7 @@ def fill_depressions(dem: np.ndarray, epsilon_m: float | None = None, max_rounds
         return f
     dist = _flat_distance(f, valid, outlet)
     k = _to_ordinal(np.where(valid, f, 0.0))
-    steps = [1] if epsilon_m is None else [None, 1]
+    steps: list = [1] if epsilon_m is None else [None, 1]
     for step in steps:
         if step is None:  # whole ulps of each cell's elevation in epsilon_m, at least one
             with np.errstate(divide="ignore", over="ignore"):

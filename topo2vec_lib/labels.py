@@ -19,7 +19,7 @@ import dataclasses
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -60,7 +60,8 @@ class LabelClass:
 CLASSES: dict[str, LabelClass] = {c.name: c for c in [
     LabelClass("peak", "exp1", (("natural", "peak"),), "point", "natural",
                "local maxima (strictly highest of their 8 neighbours, not on the window edge or next "
-               "to nodata) with topographic prominence >= peak_prominence_m inside the window; peaks closer than peak_merge_m are merged "
+               "to nodata) with topographic prominence >= peak_prominence_m inside the window; "
+               "peaks closer than peak_merge_m are merged "
                "into the highest"),
     LabelClass("saddle", "exp1", (("natural", "saddle"),), "point", "natural",
                "the key col of every peak kept by the peak rule: the lowest point of the highest "
@@ -263,7 +264,7 @@ def topographic_prominence(dem: np.ndarray) -> Prominence:
 
     # 2. steepest ascent pointers (by rank) and basins
     best_rank = rank2.copy()
-    up = idx2.copy()
+    up: np.ndarray = idx2.copy()
     for dr, dc in _OFFSETS8:
         nr = _shift(rank2, dr, dc, -1)
         better = nr > best_rank
@@ -286,7 +287,10 @@ def topographic_prominence(dem: np.ndarray) -> Prominence:
     bid[~valid] = -1
 
     # 3. basin adjacency: highest pass between each touching pair
-    ea, eb, ew, ec = [], [], [], []
+    ea: Any = []
+    eb: Any = []
+    ew: Any = []
+    ec: Any = []
     for dr, dc in [(0, 1), (1, 0), (1, 1), (1, -1)]:
         b2 = _shift(bid, dr, dc, -1)
         r2 = _shift(rank2, dr, dc, -1)
@@ -550,7 +554,9 @@ def aerialway_station_cells(dem: np.ndarray, res_m: float, rng: np.random.Genera
     ny, nx = dem.shape
     rmax = int(np.ceil(max_length_m / res_m))
     rtop = max(1, int(round(150.0 / res_m)))
-    out_r, out_c, used = [], [], set()
+    out_r: list[int] = []
+    out_c: list[int] = []
+    used: set[tuple[int, int]] = set()
     for k in rng.permutation(tr.size):
         if len(out_r) >= 2 * n_lines:
             break
@@ -558,8 +564,8 @@ def aerialway_station_cells(dem: np.ndarray, res_m: float, rng: np.random.Genera
         # upper station: the gentlest cell near the top
         r0, r1, c0, c1 = max(0, r - rtop), min(ny, r + rtop + 1), max(0, c - rtop), min(nx, c + rtop + 1)
         s_win = slope[r0:r1, c0:c1]
-        ur, uc = np.unravel_index(np.argmin(s_win), s_win.shape)
-        ur, uc = int(ur + r0), int(uc + c0)
+        ur, uc = (int(v) for v in np.unravel_index(np.argmin(s_win), s_win.shape))
+        ur, uc = ur + r0, uc + c0
         if (ur, uc) in used:
             continue
         # lower station: gentle, low enough, in the distance ring

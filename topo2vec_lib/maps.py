@@ -65,7 +65,7 @@ def train_class_probes(embedder, sampler, labels: pd.DataFrame, classes: Sequenc
     region = sampler.region
     rng = np.random.default_rng(seed)
     fit_m = coarsest_res_m([embedder], res_m)     # multi-scale embedders need room for their coarsest patch
-    probes = {}
+    probes: dict = {}
     for cls in classes:
         table = labels[(labels["class"] == cls) & (labels["region"] == region)]
         usable = int(sampler.valid_places(table["lon"].to_numpy(float), table["lat"].to_numpy(float), fit_m).sum()) \
@@ -79,7 +79,8 @@ def train_class_probes(embedder, sampler, labels: pd.DataFrame, classes: Sequenc
         except NotEnoughPlacesError:
             probes[cls] = None
             continue
-        X = embed_xy(embedder, sampler, *sampler.to_xy(lon, lat), res_m)
+        x, y_m = sampler.to_xy(lon, lat)
+        X = embed_xy(embedder, sampler, x, y_m, res_m)
         pipe = Pipeline([("scale", StandardScaler()), ("svc", SVC(kernel="rbf", gamma="scale"))])
         folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=int(seed))
         model = GridSearchCV(pipe, {"svc__C": [float(c) for c in C_grid]}, cv=folds, n_jobs=1).fit(X, y)
@@ -649,8 +650,8 @@ def region_bounds(sampler, box_lonlat=None) -> tuple[float, float, float, float]
     left, bottom, right, top = sampler.bounds_xy
     if box_lonlat is None:
         return left, bottom, right, top
-    l, b, r, t = lonlat_box_to_xy(sampler.crs, box_lonlat)
-    out = (max(l, left), max(b, bottom), min(r, right), min(t, top))
+    x0, y0, x1, y1 = lonlat_box_to_xy(sampler.crs, box_lonlat)
+    out = (max(x0, left), max(y0, bottom), min(x1, right), min(y1, top))
     if not (out[0] < out[2] and out[1] < out[3]):
         raise ValueError(f"box {list(box_lonlat)} (lon/lat) does not overlap the terrain {sampler.region!r} "
                          f"(x {left:.0f}..{right:.0f}, y {bottom:.0f}..{top:.0f} m)")

@@ -30,6 +30,7 @@ import os
 import urllib.parse
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,8 @@ COLUMNS = ["lon", "lat", "class", "source", "region", "osm_id"]
 
 @dataclasses.dataclass(frozen=True)
 class OsmClass:
+    """The OpenStreetMap tag of a class (``key=value``) and whether its features are points or lines."""
+
     key: str
     value: str
     geometry: str  # "point" | "line"
@@ -261,7 +264,8 @@ def osm_labels(classes, bounds_lonlat, region: str, cache_dir: str | os.PathLike
         check_url(endpoint, "endpoint")
     config = config or HttpConfig(read_timeout_s=timeout_s + 30.0)
     jobs = [(c, t) for c in classes for t in bbox_tiles(box, tile_deg)]
-    rows, n_sent = [], 0
+    rows: list = []
+    n_sent = 0
     for name, tile in tqdm(jobs, desc="overpass", unit="query", disable=not progress):
         cls = OSM_CLASSES[name]
         query = overpass_query(cls, tile, timeout_s)
@@ -284,8 +288,8 @@ def terrain_bounds_lonlat(terrain) -> tuple[float, float, float, float]:
     """(lon_min, lat_min, lon_max, lat_max) degrees enclosing a terrain DataArray's footprint (edges densified)."""
     from rasterio.warp import transform_bounds
 
-    return tuple(float(v) for v in transform_bounds(terrain.rio.crs, "EPSG:4326", *terrain.rio.bounds(),
-                                                    densify_pts=21))
+    lon0, lat0, lon1, lat1 = transform_bounds(terrain.rio.crs, "EPSG:4326", *terrain.rio.bounds(), densify_pts=21)
+    return float(lon0), float(lat0), float(lon1), float(lat1)
 
 
 def osm_labels_for_terrain(terrain, classes, **kwargs) -> pd.DataFrame:
@@ -379,7 +383,7 @@ def _numeric(col: pd.Series, name: str, where: str) -> np.ndarray:
     num = pd.to_numeric(col, errors="coerce")
     bad = num.isna() & col.notna()
     if bad.any():
-        i = bad.to_numpy().argmax()
+        i = int(bad.to_numpy().argmax())
         raise ValueError(f"{where}: column {name!r} holds {int(bad.sum())} values that are not numbers (first: row "
                          f"{col.index[i]}, {col.iloc[i]!r}); coordinates must be decimal degrees")
     return num.to_numpy(float)
@@ -489,14 +493,14 @@ def _geojson_points(obj, spacing_m: float, path) -> list[tuple[float, float]]:
         return _geojson_points(obj["geometry"], spacing_m, path) if obj.get("geometry") else []
     if kind == "GeometryCollection":
         return [p for g in obj.get("geometries", []) for p in _geojson_points(g, spacing_m, path)]
-    coords = obj.get("coordinates") if isinstance(obj, dict) else None
+    coords: Any = obj.get("coordinates") if isinstance(obj, dict) else None
     if kind == "Point":
         return [(coords[0], coords[1])]
     if kind == "MultiPoint":
         return [(c[0], c[1]) for c in coords]
     if kind in ("LineString", "MultiLineString"):
         lines = [coords] if kind == "LineString" else coords
-        out = []
+        out: list[tuple[float, float]] = []
         for line in lines:
             a = np.asarray(line, dtype=float)[:, :2]
             lon, lat = points_along(a[:, 0], a[:, 1], spacing_m)

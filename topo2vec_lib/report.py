@@ -31,7 +31,8 @@ class Section:
 def image_tag(path: Path, alt: str) -> str:
     """An <img> with the PNG embedded as base64, so the page opens from disk anywhere."""
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
 def metrics_table(obj, max_rows: int = 60) -> str:
@@ -55,6 +56,7 @@ def metrics_table(obj, max_rows: int = 60) -> str:
 
 
 def render_section(section: Section, root: Path, out_dir: Path) -> str:
+    """One report section as HTML: title, text, figures (inlined PNG), tables, metrics and links."""
     parts = [f'<section><h2>{html.escape(section.title)}</h2>']
     if section.text:
         parts.append(f"<p>{section.text}</p>")
@@ -86,7 +88,8 @@ def render_section(section: Section, root: Path, out_dir: Path) -> str:
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 img{max-width:100%}figure{margin:1em 0}figcaption{font-size:.8em;color:#666}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
 td:first-child,th:first-child{text-align:left}.missing{color:#a33}.best{font-weight:bold}"""
 
 

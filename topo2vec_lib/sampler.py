@@ -416,9 +416,15 @@ def _bilinear(level: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     se = flat.take(idx)
     idx -= step_c
     sw = flat.take(idx)
-    ne -= nw; ne *= fx; ne += nw                      # north row: nw + (ne - nw) * fx
-    se -= sw; se *= fx; se += sw                      # south row
-    se -= ne; se *= fy; se += ne                      # north + (south - north) * fy
+    ne -= nw                                          # north row: nw + (ne - nw) * fx
+    ne *= fx
+    ne += nw
+    se -= sw                                          # south row
+    se *= fx
+    se += sw
+    se -= ne                                          # north + (south - north) * fy
+    se *= fy
+    se += ne
     return se
 
 

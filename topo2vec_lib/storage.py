@@ -50,6 +50,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON object stored at ``path``."""
     return json.loads(Path(path).read_text())
 
 

@@ -218,7 +218,9 @@ def carve_valleys(z: np.ndarray, res_m: float, k_m: np.ndarray, side_tan: np.nda
 
 
 def _sinkholes(z, res_m, rng, mask, per_km2=25.0, tries=20):
-    """Cut closed bowls (30-300 m across, 5-40 m deep) where ``mask`` > 0.9; returns (z, list of (row, col, d_m, depth_m)).
+    """Cut closed bowls (30-300 m across, 5-40 m deep) where ``mask`` > 0.9.
+
+    Returns (z, list of (row, col, d_m, depth_m)).
 
     A bowl goes only where the ground around it (its footprint plus one pixel) varies by less than half its
     depth and it does not touch the window edge or another bowl, so every bowl is a closed depression.

@@ -149,7 +149,10 @@ def open_terrain(path, chunks=None) -> xr.DataArray:
         raise FileNotFoundError(f"terrain {path} does not exist; run the terrain stage (dvc repro terrain)")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            da = rioxarray.open_rasterio(path, masked=True, chunks=chunks).squeeze("band", drop=True)
+            raster = rioxarray.open_rasterio(path, masked=True, chunks=chunks)
+            if not isinstance(raster, xr.DataArray):
+                raise ValueError("it holds several subdatasets, not one elevation band")
+            da = raster.squeeze("band", drop=True)
             meta = json.loads(da.attrs["topo2vec"])
             da = da.drop_vars("spatial_ref", errors="ignore")
         else:

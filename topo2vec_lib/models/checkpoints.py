@@ -56,10 +56,10 @@ def _map_children(obj: Any, fn) -> Any:
             return obj
         return type(obj)(new.items())
     if isinstance(obj, (list, tuple)):
-        new = [fn(v) for v in obj]
-        if all(a is b for a, b in zip(new, obj)):
+        items = [fn(v) for v in obj]
+        if all(a is b for a, b in zip(items, obj)):
             return obj
-        return type(obj)(new)
+        return type(obj)(items)
     return obj
 
 
@@ -101,7 +101,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_locati
 
 def rng_state(rng: np.random.Generator | None = None) -> dict:
     """Snapshot of the torch CPU (and CUDA, if available) RNGs and of numpy ``rng`` (if given)."""
-    state = {"torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
     if rng is not None:

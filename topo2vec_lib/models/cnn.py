@@ -55,6 +55,7 @@ class CnnEmbedder(TorchEmbedder):
     """Supervised CNN baseline: the last hidden layer (``latent_dim``, default 35) of :class:`SupervisedCNN`."""
 
     kind = "cnn"
+    net: SupervisedCNN
 
     def __init__(self, config: CnnConfig | dict, state: dict | None = None, name: str | None = None):
         cfg = config if isinstance(config, CnnConfig) else CnnConfig.from_dict(config)
@@ -178,6 +179,8 @@ class CnnMethod(Method):
     """Cross-entropy on the balanced examples; the batch order of epoch e comes from ``default_rng([seed, 12, e])``.
     Holds out ``val_fraction`` of the distinct places per class and reports validation loss and accuracy."""
 
+    cfg: CnnConfig
+
     def __init__(self, cfg: CnnConfig, sampler: PatchSampler, labels: pd.DataFrame, *, seed: int,
                  device: torch.device):
         self.cfg, self.seed, self.device = cfg, int(seed), device
@@ -190,7 +193,7 @@ class CnnMethod(Method):
         self.ce = nn.CrossEntropyLoss()
 
     def build(self) -> None:
-        net = SupervisedCNN(len(self.data["classes"]), self.cfg.latent_dim).to(self.device)
+        self.net = net = SupervisedCNN(len(self.data["classes"]), self.cfg.latent_dim).to(self.device)
         self.modules = {"cnn": net}
         self.optimizers = {"adam": adam(net.parameters(), self.cfg.lr)}
 
@@ -213,7 +216,7 @@ class CnnMethod(Method):
         return {"loss": loss.item()}
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
-        val = _evaluate(self.modules["cnn"], self.data["x_val"], self.data["y_val"], self.device)
+        val = _evaluate(self.net, self.data["x_val"], self.data["y_val"], self.device)
         return {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
 
     def embedder(self) -> CnnEmbedder:
@@ -223,7 +226,7 @@ class CnnMethod(Method):
     def summary(self, history: list[dict]) -> dict:
         final = history[-1] if history else {}
         steps = final.get("step", 0)
-        train_eval = _evaluate(self.modules["cnn"], self.data["x_train"], self.data["y_train"], self.device)
+        train_eval = _evaluate(self.net, self.data["x_train"], self.data["y_train"], self.device)
         return {"images_seen": min(steps * self.cfg.batch_size, self.n_train * self.cfg.epochs),
                 "data_s": self.data_s, "val_loss": final.get("val_loss"), "val_accuracy": final.get("val_accuracy"),
                 "train_accuracy": train_eval["accuracy"], "chance_accuracy": 1.0 / len(self.data["classes"]),

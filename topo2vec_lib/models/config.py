@@ -29,6 +29,7 @@ def _is_number(v) -> bool:
 
 
 def integer(minimum: int = 1) -> Callable[[str, Any], int]:
+    """Check: an integer >= ``minimum`` (booleans refused)."""
     def check(key: str, v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ValueError(f"{key}={v!r}: expected an integer >= {minimum}")
@@ -37,6 +38,7 @@ def integer(minimum: int = 1) -> Callable[[str, Any], int]:
 
 
 def number(minimum: float = 0.0, strict: bool = True, below: float | None = None) -> Callable[[str, Any], float]:
+    """Check: a finite number above ``minimum`` (``strict``) or at least it, and below ``below``; as float."""
     def check(key: str, v: Any) -> float:
         ok = _is_number(v) and (v > minimum if strict else v >= minimum) and (below is None or v < below)
         if not ok:
@@ -47,6 +49,7 @@ def number(minimum: float = 0.0, strict: bool = True, below: float | None = None
 
 
 def choice(*options: str) -> Callable[[str, Any], str]:
+    """Check: one of ``options``."""
     def check(key: str, v: Any) -> str:
         if v not in options:
             raise ValueError(f"{key}={v!r}: expected one of {list(options)}")
@@ -55,6 +58,7 @@ def choice(*options: str) -> Callable[[str, Any], str]:
 
 
 def device_name(key: str, v: Any) -> str:
+    """Check: ``auto``, ``cpu``, ``cuda`` or ``cuda:<index>``."""
     ok = isinstance(v, str) and (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()))
     if not ok:
         raise ValueError(f"{key}={v!r}: expected 'auto', 'cpu' or 'cuda[:index]'")
@@ -62,12 +66,14 @@ def device_name(key: str, v: Any) -> str:
 
 
 def boolean(key: str, v: Any) -> bool:
+    """Check: true or false (not 0/1 or strings)."""
     if not isinstance(v, bool):
         raise ValueError(f"{key}={v!r}: expected true or false")
     return v
 
 
 def optional_text(key: str, v: Any) -> str | None:
+    """Check: a string or None."""
     if v is not None and not isinstance(v, str):
         raise ValueError(f"{key}={v!r}: expected a string or null")
     return v
@@ -89,6 +95,7 @@ def pixel_sizes(single: bool = False) -> Callable[[str, Any], list[float]]:
 
 
 def power_of_two(key: str, v: Any) -> int:
+    """Check: a power of two >= 1 (the fractal factor k)."""
     if isinstance(v, bool) or not _is_number(v) or v < 1 or int(v) != v or (int(v) & (int(v) - 1)):
         raise ValueError(f"fractal factor {key}={v!r} is not valid; expected a power of two >= 1 (1, 2, 4, 8, ...)")
     return int(v)
@@ -130,7 +137,8 @@ class ModelConfig:
         given = {k: v for k, v in dict(config or {}).items() if k not in RUN_RECORDS}
         kind = given.pop("kind", cls.KIND)
         if kind != cls.KIND:
-            raise ValueError(f"config kind={kind!r} given to the {cls.KIND!r} configuration; expected kind {cls.KIND!r}")
+            raise ValueError(f"config kind={kind!r} given to the {cls.KIND!r} configuration; "
+                             f"expected kind {cls.KIND!r}")
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(given) - set(names))
         if unknown:
@@ -170,12 +178,14 @@ class Topo2VecConfig(ModelConfig):
     lr_g: float = setting(1.6e-3, number(), "learning rate of g with the GAN loss; paper 2.4")
     lr_d: float = setting(2e-4, number(), "learning rate of the discriminator")
     lr_g_scope: str = setting("decoder", choice("decoder", "generator"), "who gets lr_g: g only, or f and g")
-    betas: list[float] | None = setting(None, lambda k, v: v, "Adam betas; null: (0.9, 0.999), (0.5, 0.999) adversarial")
+    betas: list[float] | None = setting(None, lambda k, v: v,
+                                        "Adam betas; null: (0.9, 0.999), (0.5, 0.999) adversarial")
     lambda_l1: float = setting(100.0, number(0.0, strict=False), "weight of L1 with the GAN loss (paper lambda1)")
     lambda_gan: float = setting(1.0, number(0.0, strict=False), "weight of the GAN loss (paper lambda2)")
     stem: str = setting("paper", choice("paper", "reference"), "17 -> 16 px by padding (paper) or pooling (reference)")
     discriminator: str = setting("paper", choice("paper", "reference"), "the paper's or the reference code's d")
-    d_input_upsample: str = setting("bilinear", choice("bilinear", "nearest"), "how d sees the 17 x 17 input at 64 x 64")
+    d_input_upsample: str = setting("bilinear", choice("bilinear", "nearest"),
+                                    "how d sees the 17 x 17 input at 64 x 64")
     embed_res_m: float = setting(30.0, number(), "default embedding scale, m/px (the probe scale)")
 
     def validate(self) -> None:

@@ -40,6 +40,7 @@ INPUT_SIZE = 17
 def conv_block(c_in: int, c_out: int, padding: int | tuple = 1) -> nn.Sequential:
     """3x3 convolution, BatchNorm, ReLU. ``padding``: an int (zero padding on every side, inside the convolution)
     or ``(left, right, top, bottom)`` (an explicit ``nn.ZeroPad2d``); module indices are the same either way."""
+    pad: nn.Module
     if isinstance(padding, int):
         pad, conv = nn.Identity(), nn.Conv2d(c_in, c_out, 3, padding=padding)
     else:
@@ -48,6 +49,7 @@ def conv_block(c_in: int, c_out: int, padding: int | tuple = 1) -> nn.Sequential
 
 
 def double_conv(c_in: int, c_out: int, first_padding: int | tuple = 1) -> nn.Sequential:
+    """Two :func:`conv_block` (3x3 conv, BatchNorm, ReLU), ``c_in -> c_out -> c_out`` channels."""
     return nn.Sequential(conv_block(c_in, c_out, first_padding), conv_block(c_out, c_out))
 
 
@@ -169,4 +171,5 @@ def discriminator_input(x: torch.Tensor, y: torch.Tensor, mode: str = "bilinear"
 
 
 def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module``."""
     return sum(p.numel() for p in module.parameters())

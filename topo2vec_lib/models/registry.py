@@ -51,6 +51,7 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def model_spec(kind: Any) -> ModelSpec:
+    """The :class:`ModelSpec` of ``kind``; ValueError naming the known kinds otherwise."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODELS)}")
     return MODELS[kind]

@@ -67,6 +67,9 @@ def projection_head(kind: str, dim_in: int = LATENT_DIM, dim_out: int = 128) -> 
 class MoCo(nn.Module):
     """Query encoder + head, momentum key encoder + head, and a queue ``(queue_size, proj_dim)`` of keys."""
 
+    queue: torch.Tensor
+    queue_ptr: torch.Tensor
+
     def __init__(self, stem: str = "paper", head: str = "linear", proj_dim: int = 128, queue_size: int = 4096):
         super().__init__()
         self.encoder_q, self.head_q = Encoder(stem), projection_head(head, LATENT_DIM, proj_dim)
@@ -151,7 +154,8 @@ def saumoco_chunk(sampler: PatchSampler, cfg: SauMoCoConfig, seed: int, epoch: i
             "offset_m": np.hypot(nx - x, ny - y).astype(np.float32), "fallback": int(todo.size)}
 
 class SauMoCoEmbedder(TorchEmbedder):
-    """SauMoCo baseline: the backbone (topo2vec's :class:`~topo2vec_lib.models.networks.Encoder`) output, ``(N, 128)``."""
+    """SauMoCo baseline: the output of its backbone (topo2vec's
+    :class:`~topo2vec_lib.models.networks.Encoder`), ``(N, 128)``."""
 
     kind = "saumoco"
 
@@ -185,6 +189,8 @@ class SauMoCoEmbedder(TorchEmbedder):
 
 class SauMoCoMethod(Method):
     """MoCo steps on anchor/neighbour pairs; metrics add the positive-pair accuracy and the neighbour offsets."""
+
+    cfg: SauMoCoConfig
 
     def __init__(self, cfg: SauMoCoConfig, sampler: PatchSampler, *, seed: int, device: torch.device):
         self.cfg, self.sampler, self.seed, self.device = cfg, sampler, int(seed), device
@@ -243,7 +249,7 @@ class SauMoCoMethod(Method):
                                {"encoder": self.moco.encoder_q.state_dict(), "head": self.moco.head_q.state_dict()})
 
     def summary(self, history: list[dict]) -> dict:
-        final = next((h for h in reversed(history) if h["scope"] == "epoch"), {})
+        final: dict = next((h for h in reversed(history) if h["scope"] == "epoch"), {})
         cfg = self.cfg
         return {"final_pos_accuracy": final.get("pos_accuracy"), "chance_loss": math.log(cfg.queue_size + 1),
                 "mean_neighbour_offset_m": self.offset_sum_m / self.offset_chunks if self.offset_chunks else None,

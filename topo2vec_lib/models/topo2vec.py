@@ -56,8 +56,8 @@ class Topo2Vec(TorchEmbedder):
 
     def __init__(self, encoder: Encoder, config: dict, decoder: Decoder | None = None, name: str = "topo2vec",
                  device: str | torch.device = "cpu", extra_state: dict | None = None):
-        self.encoder = encoder.to(device, memory_format=torch.channels_last).eval()
-        self.decoder = None if decoder is None else decoder.to(device, memory_format=torch.channels_last).eval()
+        self.encoder = _channels_last(encoder, device).eval()
+        self.decoder = None if decoder is None else _channels_last(decoder, device).eval()
         self.net = self.encoder
         self.config = dict(config)
         self.name = name
@@ -113,6 +113,11 @@ class Topo2Vec(TorchEmbedder):
         checkpoints.save_checkpoint(path, kind=self.kind, config=self.config, state={**state, **self.extra_state})
 
 
+def _channels_last(module: nn.Module, device: str | torch.device) -> nn.Module:
+    """``module`` on ``device`` with channels-last weights (about 1.5-1.9x faster few-channel convs on CPU)."""
+    return module.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
 def _cpu_state(module: nn.Module) -> dict:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
@@ -137,6 +142,10 @@ def sample_chunk(sampler: PatchSampler, cfg: Topo2VecConfig, seed: int, epoch: i
 class Topo2VecMethod(Method):
     """Algorithm 1: fractal pairs, L1 (and the conditional GAN loss when ``adversarial``)."""
 
+    cfg: Topo2VecConfig
+    encoder: Encoder
+    decoder: Decoder
+
     progress_key = "loss_l1"
 
     def __init__(self, cfg: Topo2VecConfig, sampler: PatchSampler, *, seed: int, device: torch.device):
@@ -147,15 +156,17 @@ class Topo2VecMethod(Method):
 
     def build(self) -> None:
         cfg = self.cfg
-        self.modules = {"encoder": Encoder(cfg.stem), "decoder": Decoder(cfg.k)}
+        self.encoder, self.decoder = Encoder(cfg.stem), Decoder(cfg.k)
+        self.modules = {"encoder": self.encoder, "decoder": self.decoder}
         if cfg.adversarial:
             self.modules["discriminator"] = Discriminator(cfg.discriminator)
-        for net in self.modules.values():      # channels_last: ~1.9x faster training of these few-channel convs on CPU
-            net.to(self.device, memory_format=torch.channels_last).train()
+        for net in self.modules.values():
+            _channels_last(net, self.device).train()
         betas = (cfg.betas[0], cfg.betas[1]) if cfg.betas else (0.9, 0.999)
         f, g = self.modules["encoder"], self.modules["decoder"]
         if not cfg.adversarial:
-            self.optimizers = {"generator": adam(list(f.parameters()) + list(g.parameters()), cfg.lr, betas, fused=True)}
+            params = list(f.parameters()) + list(g.parameters())
+            self.optimizers = {"generator": adam(params, cfg.lr, betas, fused=True)}
             return
         lr_f = cfg.lr_g if cfg.lr_g_scope == "generator" else cfg.lr
         gen = adam([{"params": list(f.parameters()), "lr": lr_f}, {"params": list(g.parameters()), "lr": cfg.lr_g}],
@@ -205,7 +216,7 @@ class Topo2VecMethod(Method):
     def embedder(self) -> Topo2Vec:
         config = {**self.cfg.to_dict(), "seed": self.seed, "normalisation": normalisation_of(self.sampler)}
         extra = {"discriminator": _cpu_state(self.modules["discriminator"])} if self.cfg.adversarial else {}
-        return Topo2Vec(self.modules["encoder"], config, self.modules["decoder"], name=self.cfg.name or "topo2vec",
+        return Topo2Vec(self.encoder, config, self.decoder, name=self.cfg.name or "topo2vec",
                         device=self.device, extra_state=extra)
 
 

@@ -195,7 +195,8 @@ def _fit(method: Method, *, out_path, resume_path, progress: bool) -> dict:
                                       optimizers=method.optimizers, rng_state=checkpoints.rng_state(),
                                       history=history, config={"key": key, "model": cfg.to_dict()}, extra=extra)
 
-    jobs = [(e, c) for e in range(start_epoch, cfg.epochs) for c in range(start_chunk if e == start_epoch else 0, n_chunks)]
+    jobs = [(e, c) for e in range(start_epoch, cfg.epochs)
+            for c in range(start_chunk if e == start_epoch else 0, n_chunks)]
     pool = concurrent.futures.ThreadPoolExecutor(cfg.workers) if cfg.workers else None
     pending: dict[int, concurrent.futures.Future] = {}
 
@@ -249,7 +250,7 @@ def _fit(method: Method, *, out_path, resume_path, progress: bool) -> dict:
     method.embedder().save(out_path)
     if resume_path is not None and Path(resume_path).exists():
         os.remove(resume_path)
-    final = next((h for h in reversed(history) if h["scope"] == "epoch"), {})
+    final: dict = next((h for h in reversed(history) if h["scope"] == "epoch"), {})
     final_losses = {k: v for k, v in final.items() if k.startswith("loss")}
     images = (step - step_at_start) * bs
     metrics = {"images_seen": step * bs, "epochs": cfg.epochs, "steps": step,
