@@ -21,7 +21,7 @@ repro: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 
 lint: setup
-	$(BIN)/ruff check topo2vec_lib tests benchmarks notebooks
+	$(BIN)/ruff check topo2vec_lib tests benchmarks notebooks scripts
 	$(BIN)/mypy
 
 test: lint
