@@ -295,7 +295,11 @@ def test_random_places_reject_nodata():
 
 
 def test_random_places_error_when_impossible():
-    s = PatchSampler(make_terrain(np.full((64, 64), np.nan)))
+    with pytest.raises(NodataError, match=r"100% nodata"):
+        PatchSampler(make_terrain(np.full((64, 64), np.nan)))
+    z = np.full((64, 64), np.nan)
+    z[32, 32] = 100.0                        # one valid pixel: no 17 px patch is ever free of nodata
+    s = PatchSampler(make_terrain(z))
     with pytest.raises(ValueError, match=r"only 0 of n = 5"):
         s.random_places(5, 0, 30.0, max_tries=2000)
     s = PatchSampler(make_terrain(np.zeros((64, 64))))

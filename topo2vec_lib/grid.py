@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
+from collections.abc import Mapping
 
 import numpy as np
 import xarray as xr
@@ -44,19 +46,26 @@ def check_crs(crs) -> str:
         raise ValueError(f"crs {crs!r} is not a valid CRS (use e.g. 'EPSG:3035' or a UTM zone)") from err
     units = {a.unit_name for a in parsed.axis_info}
     if not parsed.is_projected or not units <= {"metre", "meter"}:
-        raise ValueError(f"crs {crs!r} must be a projected CRS in metres (e.g. 'EPSG:3035'), got units {units}")
+        label = repr(crs) if isinstance(crs, str) and len(crs) <= 80 else f"{parsed.name!r} ({parsed.to_string()[:60]})"
+        raise ValueError(f"crs {label} must be a projected CRS in metres (e.g. 'EPSG:3035'), got "
+                         f"{'a projected' if parsed.is_projected else 'a geographic'} CRS in {sorted(units)}")
     return crs_string(crs)
 
 
 def lonlat_to_xy(crs, lon, lat) -> tuple[np.ndarray, np.ndarray]:
-    """Lon/lat degrees (EPSG:4326) -> x, y metres in ``crs``; arrays of any shape (same as inputs)."""
-    x, y = transformer(LONLAT, crs_string(crs)).transform(np.asarray(lon, float), np.asarray(lat, float))
+    """Lon/lat degrees (EPSG:4326) -> x, y metres in ``crs``; arrays of any shape (same as inputs).
+
+    ValueError for values that are not real numbers, lon outside -180..180 or lat outside -90..90 (a lon of
+    367.6 is never wrapped to 7.6; :func:`check_lonlat_arrays`)."""
+    lon, lat = check_lonlat_arrays(lon, lat)
+    x, y = transformer(LONLAT, crs_string(crs)).transform(lon, lat)
     return np.asarray(x), np.asarray(y)
 
 
 def xy_to_lonlat(crs, x, y) -> tuple[np.ndarray, np.ndarray]:
     """x, y metres in ``crs`` -> lon, lat degrees (EPSG:4326); arrays of any shape."""
-    lon, lat = transformer(crs_string(crs), LONLAT).transform(np.asarray(x, float), np.asarray(y, float))
+    x, y = as_numbers(x, "x"), as_numbers(y, "y")
+    lon, lat = transformer(crs_string(crs), LONLAT).transform(x, y)
     return np.asarray(lon), np.asarray(lat)
 
 
@@ -72,7 +81,67 @@ def lonlat_box_to_xy(crs, box_lonlat, densify: int = 21) -> tuple[float, float, 
     return float(np.min(x)), float(np.min(y)), float(np.max(x)), float(np.max(y))
 
 
-# ---------------------------------------------------------------- checked scalars
+# ---------------------------------------------------------------- checked scalars and coordinates
+def as_numbers(values, name: str) -> np.ndarray:
+    """``values`` (a number, list or array of real numbers) as a float64 array; ValueError naming ``name`` for
+    text, mappings, booleans, complex numbers, None or other objects (never numpy's own conversion error, and
+    never a complex value with its imaginary part silently dropped)."""
+    if isinstance(values, (str, bytes, Mapping)):
+        raise ValueError(f"{name} must be real numbers (a number, list or array), got {type(values).__name__} "
+                         f"{values!r:.80}")
+    try:
+        a = np.asarray(values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be real numbers, got {values!r:.80} ({err})") from None
+    if a.dtype.kind == "O":
+        bad = [v for v in a.ravel() if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+        if bad:
+            raise ValueError(f"{name} must be real numbers, got {type(bad[0]).__name__} {bad[0]!r:.60}")
+        a = a.astype(np.float64)
+    if a.dtype.kind not in "iuf":
+        kind = {"c": "complex", "U": "text", "S": "bytes", "b": "boolean"}.get(a.dtype.kind, str(a.dtype))
+        first = a.ravel()[0].item() if a.size else ""
+        raise ValueError(f"{name} must be real numbers, got {kind} values (first: {first!r:.60})")
+    return a.astype(np.float64, copy=False)
+
+
+def check_lonlat_arrays(lon, lat, names: tuple[str, str] = ("lon", "lat")) -> tuple[np.ndarray, np.ndarray]:
+    """``lon``, ``lat`` as float64 arrays; ValueError naming the first value that is not a real number, not
+    finite, a lon outside -180..180 (never wrapped: 367.6 is not 7.6) or a lat outside -90..90."""
+    lon, lat = as_numbers(lon, names[0]), as_numbers(lat, names[1])
+    for name, v, limit in ((names[0], lon, 180.0), (names[1], lat, 90.0)):
+        flat = v.ravel()
+        bad = np.flatnonzero(~np.isfinite(flat))
+        if bad.size:
+            raise ValueError(f"{name}[{bad[0]}] = {flat[bad[0]]} is not a finite number ({bad.size} non-finite "
+                             f"value(s) in {name})")
+        bad = np.flatnonzero(np.abs(flat) > limit)
+        if bad.size:
+            x = float(flat[bad[0]])
+            hint = (f"degrees east; never wrapped (to {(x + 180) % 360 - 180:g})" if name == names[0]
+                    else "lon/lat order?")
+            raise ValueError(f"{name}[{bad[0]}] = {x} is outside [-{limit:g}, {limit:g}] degrees ({hint}); "
+                             f"{bad.size} such value(s) in {name}")
+    return lon, lat
+
+
+def check_integer(name: str, value, minimum: int | None = None) -> int:
+    """``value`` as an int if it is an integer (``1.0`` and numpy integers included, ``1.5``, ``True`` and
+    ``"1"`` not), at least ``minimum``; else ValueError naming ``name`` (nothing is truncated)."""
+    ok = not isinstance(value, (bool, np.bool_)) and (
+        isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and math.isfinite(value)
+                                                 and float(value).is_integer()))
+    if not ok or (minimum is not None and value < minimum):
+        at_least = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be an integer{at_least}, got {value!r}")
+    return int(value)
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A random seed: an integer >= 0 (``1.5`` is an error, never truncated to 1)."""
+    return check_integer(name, seed, 0)
+
+
 def check_positive(name: str, value) -> float:
     """``value`` as a finite float > 0, else ValueError naming ``name``."""
     try:
@@ -101,9 +170,11 @@ def check_lonlat(center_lonlat, what: str = "center_lonlat") -> tuple[float, flo
 def check_bounds_lonlat(bounds, what: str = "bounds_lonlat") -> tuple[float, float, float, float]:
     """(lon_min, lat_min, lon_max, lat_max) as floats, degrees in lon/lat order; ValueError naming ``what``."""
     try:
-        lon0, lat0, lon1, lat1 = (float(v) for v in bounds)
+        if isinstance(bounds, (str, bytes, dict)) or len(bounds) != 4:
+            raise ValueError
+        lon0, lat0, lon1, lat1 = (float(v) for v in as_numbers(list(bounds), what))
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be (lon_min, lat_min, lon_max, lat_max), got {bounds!r}") from None
+        raise ValueError(f"{what} must be 4 numbers (lon_min, lat_min, lon_max, lat_max), got {bounds!r}") from None
     if not (-180 <= lon0 < lon1 <= 180 and -90 <= lat0 < lat1 <= 90):
         raise ValueError(f"{what} must satisfy -180 <= lon_min < lon_max <= 180 and "
                          f"-90 <= lat_min < lat_max <= 90 (lon/lat order), got {bounds!r}")
@@ -132,10 +203,7 @@ def window_bounds(center_lonlat, size_km: float, res_m: float, crs: str = "EPSG:
 def region_lonlat_of(region: str, region_lonlat=None) -> tuple[float, float, float, float]:
     """The (lon_min, lat_min, lon_max, lat_max) polygon of ``region`` (a paper region or given explicitly)."""
     if region_lonlat is not None:
-        box = tuple(float(v) for v in region_lonlat)
-        if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
-            raise ValueError(f"region_lonlat must be (lon_min, lat_min, lon_max, lat_max), got {region_lonlat!r}")
-        return box
+        return check_bounds_lonlat(region_lonlat, "region_lonlat")
     if region not in PAPER_REGIONS:
         raise ValueError(f"unknown region {region!r}: use one of {sorted(PAPER_REGIONS)} or pass region_lonlat")
     return PAPER_REGIONS[region]

@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 from pyproj import CRS
 
-from topo2vec_lib.grid import LONLAT, transformer
+from topo2vec_lib.grid import LONLAT, as_numbers, check_crs, check_lonlat_arrays, check_seed, transformer
 
 _CHUNK_SAMPLES = 65536  # samples per vectorised gather (~226 patches of 17 x 17): temporaries stay in cache
 _REL_TOL = 1e-9        # relative tolerance when comparing a resolution to the terrain's
@@ -38,9 +38,10 @@ class NodataError(ValueError):
 
 # ----------------------------------------------------------------------------------------------- helpers
 def _as_places(a, b, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """Two coordinate arrays as float64 ``(N,)``; ValueError naming the first non-finite value."""
-    a = np.atleast_1d(np.asarray(a, dtype=np.float64))
-    b = np.atleast_1d(np.asarray(b, dtype=np.float64))
+    """Two coordinate arrays as float64 ``(N,)``; ValueError naming the first non-finite value (and, clearly,
+    values that are not real numbers: text, mappings, complex numbers)."""
+    a = np.atleast_1d(as_numbers(a, names[0]))
+    b = np.atleast_1d(as_numbers(b, names[1]))
     if a.ndim != 1 or a.shape != b.shape:
         raise ValueError(f"{names[0]} and {names[1]} must be 1-D arrays of the same length, "
                          f"got shapes {a.shape} and {b.shape}")
@@ -50,6 +51,16 @@ def _as_places(a, b, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"{name}[{bad[0]}] = {v[bad[0]]} is not a finite number "
                              f"({bad.size} non-finite value(s) in {name})")
     return a, b
+
+
+def as_rng(rng) -> np.random.Generator:
+    """A numpy Generator from a Generator, a BitGenerator/SeedSequence, or a seed: an integer >= 0 or a list of
+    them (``1.5`` is an error, never truncated)."""
+    if isinstance(rng, (np.random.Generator, np.random.BitGenerator, np.random.SeedSequence)):
+        return np.random.default_rng(rng)
+    if isinstance(rng, (list, tuple, np.ndarray)):
+        return np.random.default_rng([check_seed(v, f"rng[{i}]") for i, v in enumerate(rng)])
+    return np.random.default_rng(check_seed(rng, "rng (a seed)"))
 
 
 def _check_size(size) -> int:
@@ -151,8 +162,10 @@ class PatchSampler:
         if crs is None:
             raise ValueError("terrain has no CRS; set it with terrain.rio.write_crs(...)")
         self.crs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-        if not self.crs.is_projected:
-            raise ValueError(f"terrain CRS {self.crs.to_string()} is not metric (projected); reproject it first")
+        try:
+            check_crs(self.crs)
+        except ValueError as err:
+            raise ValueError(f"terrain: {err}; reproject it first (res_m and patch footprints are metres)") from None
         self.res_m = res_m
         self.region = terrain.attrs.get("region")
         region_lonlat = terrain.attrs.get("region_lonlat")
@@ -160,6 +173,9 @@ class PatchSampler:
         left, top = x[0] - res_m / 2, y[0] + res_m / 2
         self.bounds_xy = (float(left), float(top - y.size * res_m), float(left + x.size * res_m), float(top))
         self.pyramid = block_mean_pyramid(terrain.values, levels)
+        if not np.isfinite(self.pyramid[0]).any():
+            raise NodataError(f"terrain {self.region!r} ({terrain.shape[0]} x {terrain.shape[1]} px) is 100% nodata "
+                              f"(NaN): there is nothing to sample")
         self.threads = max(1, min(os.cpu_count() or 1, 4)) if threads is None else max(1, int(threads))
         self._wkt = self.crs.to_wkt()
 
@@ -167,9 +183,7 @@ class PatchSampler:
     def to_xy(self, lon, lat) -> tuple[np.ndarray, np.ndarray]:
         """lon/lat (EPSG:4326 degrees, ``(N,)``) -> x, y (metres in ``crs``, ``(N,)`` float64)."""
         lon, lat = _as_places(lon, lat, ("lon", "lat"))
-        bad = np.flatnonzero(np.abs(lat) > 90)
-        if bad.size:
-            raise ValueError(f"lat[{bad[0]}] = {lat[bad[0]]} is outside [-90, 90] degrees (lon/lat order?)")
+        check_lonlat_arrays(lon, lat)          # lon 367.6 is an error, never wrapped to 7.6
         x, y = transformer(LONLAT, self._wkt).transform(lon, lat)
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         bad = np.flatnonzero(~(np.isfinite(x) & np.isfinite(y)))
@@ -362,7 +376,7 @@ class PatchSampler:
         max_tries = max(10_000, 50 * n) if max_tries is None else int(max_tries)
         if max_tries < 1:
             raise ValueError(f"max_tries = {max_tries} must be >= 1")
-        rng = np.random.default_rng(rng)
+        rng = as_rng(rng)
         half = size * res_m / 2
         left, bottom, right, top = self.bounds_xy
         x0, x1, y0, y1 = left + half, right - half, bottom + half, top - half
