@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
+
+from topo2vec_lib.checks import (  # noqa: F401  (re-exported: the models' checks have always been importable here)
+    boolean,
+    choice,
+    integer,
+    number,
+    optional_text,
+    pixel_sizes,
+)
+from topo2vec_lib.checks import is_number as _is_number
 
 C = TypeVar("C", bound="ModelConfig")
 
@@ -24,74 +33,13 @@ RUN_RECORDS = ("seed", "normalisation")
 
 
 # ---------------------------------------------------------------- checks (each returns the converted value)
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def integer(minimum: int = 1) -> Callable[[str, Any], int]:
-    """Check: an integer >= ``minimum`` (booleans refused)."""
-    def check(key: str, v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ValueError(f"{key}={v!r}: expected an integer >= {minimum}")
-        return int(v)
-    return check
-
-
-def number(minimum: float = 0.0, strict: bool = True, below: float | None = None) -> Callable[[str, Any], float]:
-    """Check: a finite number above ``minimum`` (``strict``) or at least it, and below ``below``; as float."""
-    def check(key: str, v: Any) -> float:
-        ok = _is_number(v) and (v > minimum if strict else v >= minimum) and (below is None or v < below)
-        if not ok:
-            rng = f"{'>' if strict else '>='} {minimum:g}" + ("" if below is None else f" and < {below:g}")
-            raise ValueError(f"{key}={v!r}: expected a finite number {rng}")
-        return float(v)
-    return check
-
-
-def choice(*options: str) -> Callable[[str, Any], str]:
-    """Check: one of ``options``."""
-    def check(key: str, v: Any) -> str:
-        if v not in options:
-            raise ValueError(f"{key}={v!r}: expected one of {list(options)}")
-        return str(v)
-    return check
-
-
+# the generic ones live in topo2vec_lib.checks (shared with the params.yaml schema); these are the models' own
 def device_name(key: str, v: Any) -> str:
     """Check: ``auto``, ``cpu``, ``cuda`` or ``cuda:<index>``."""
     ok = isinstance(v, str) and (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()))
     if not ok:
         raise ValueError(f"{key}={v!r}: expected 'auto', 'cpu' or 'cuda[:index]'")
     return str(v)
-
-
-def boolean(key: str, v: Any) -> bool:
-    """Check: true or false (not 0/1 or strings)."""
-    if not isinstance(v, bool):
-        raise ValueError(f"{key}={v!r}: expected true or false")
-    return v
-
-
-def optional_text(key: str, v: Any) -> str | None:
-    """Check: a string or None."""
-    if v is not None and not isinstance(v, str):
-        raise ValueError(f"{key}={v!r}: expected a string or null")
-    return v
-
-
-def pixel_sizes(single: bool = False) -> Callable[[str, Any], list[float]]:
-    """A pixel size in m/px or a list of them (``single``: exactly one), as a list of floats."""
-    def check(key: str, v: Any) -> list[float]:
-        values = [v] if _is_number(v) else v
-        if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__iter__"):
-            values = [values]
-        values = list(values)
-        if not values or not all(_is_number(r) and r > 0 for r in values) or (single and len(values) != 1):
-            what = "one positive pixel size in metres (a number or a one-element list)" if single else \
-                "a positive pixel size in metres or a non-empty list of them (m/px)"
-            raise ValueError(f"{key}={v!r}: expected {what}")
-        return [float(r) for r in values]
-    return check
 
 
 def power_of_two(key: str, v: Any) -> int:
