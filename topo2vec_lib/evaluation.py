@@ -114,6 +114,10 @@ def probe_dataset(labels: pd.DataFrame, cls: str, region: str, n: int, sampler, 
         raise NotEnoughPlacesError(f"class {cls!r} has no labels at all; classes present: "
                                    f"{sorted(set(labels['class']))}")
     table = labels[(labels["class"] == cls) & (labels["region"] == region)]
+    if hasattr(sampler, "bounds_xy"):      # labels meet the terrain here: refuse a lon/lat-swapped table
+        from topo2vec_lib.osm import check_not_swapped
+
+        check_not_swapped(table, sampler, where=f"labels of class {cls!r} in region {region!r}")
     all_lon = table["lon"].to_numpy(float)
     all_lat = table["lat"].to_numpy(float)
     scales = sorted({float(res_m), float(res_m if fit_res_m is None else fit_res_m)})

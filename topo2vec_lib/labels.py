@@ -26,7 +26,8 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from topo2vec_lib.grid import slope_deg, xy_to_lonlat
+from topo2vec_lib.checks import Check, number
+from topo2vec_lib.grid import check_seed, slope_deg, xy_to_lonlat
 from topo2vec_lib.storage import atomic_path
 
 LABEL_COLUMNS = ["lon", "lat", "class", "source", "region"]
@@ -147,6 +148,26 @@ RULE_DEFAULTS: dict[str, float] = {
 }
 
 
+_AT_LEAST_0, _ABOVE_0 = number(0.0, strict=False), number(0.0)
+_DEGREES, _QUANTILE = number(0.0, maximum=90.0), number(0.0, strict=False, maximum=1.0)
+RULE_CHECKS: dict[str, Check] = {
+    "peak_prominence_m": _AT_LEAST_0, "peak_merge_m": _AT_LEAST_0,
+    "line_spacing_m": _ABOVE_0, "river_min_area_km2": _ABOVE_0,
+    "cliff_min_slope_deg": number(0.0, below=90.0), "cliff_min_length_m": _AT_LEAST_0,
+    "waterfall_min_area_km2": _ABOVE_0, "waterfall_min_drop_m": _ABOVE_0, "waterfall_reach_m": _ABOVE_0,
+    "sinkhole_min_depth_m": _ABOVE_0, "sinkhole_min_area_m2": _AT_LEAST_0, "sinkhole_max_area_m2": _ABOVE_0,
+    "aerialway_lines_per_100km2": _AT_LEAST_0, "aerialway_min_gain_m": _AT_LEAST_0,
+    "aerialway_min_length_m": _AT_LEAST_0, "aerialway_max_length_m": _ABOVE_0,
+    "aerialway_max_slope_deg": _DEGREES, "aerialway_top_quantile": _QUANTILE,
+    "hut_per_100km2": _AT_LEAST_0, "hut_min_elev_quantile": _QUANTILE, "hut_max_slope_deg": _DEGREES,
+    "hut_near_col_m": _AT_LEAST_0, "hut_near_peak_m": _AT_LEAST_0, "hut_below_peak_m": _AT_LEAST_0,
+    "hut_spacing_m": _AT_LEAST_0,
+}
+"""The valid range of every rule parameter (densities, distances and prominences >= 0; spacings, areas and
+drops > 0; slopes in degrees up to 90; quantiles in [0, 1]). Used by :func:`rule_params` and the params.yaml
+schema (:mod:`topo2vec_lib.schema`)."""
+_RULE_ORDER = (("sinkhole_min_area_m2", "sinkhole_max_area_m2"), ("aerialway_min_length_m", "aerialway_max_length_m"))
+
 LABEL_SOURCES = ("derived", "osm", "files")
 
 
@@ -157,13 +178,23 @@ def check_source(source: str) -> str:
     return source
 
 
+def check_rule_order(params: dict) -> None:
+    """ValueError unless every range's minimum is at most its maximum (sinkhole areas, lift lengths)."""
+    for lo, hi in _RULE_ORDER:
+        if lo in params and hi in params and params[lo] > params[hi]:
+            raise ValueError(f"{lo}={params[lo]!r} is larger than {hi}={params[hi]!r}; the minimum must be <= the "
+                             f"maximum")
+
+
 def rule_params(**overrides) -> dict[str, float]:
-    """RULE_DEFAULTS updated with ``overrides``; ValueError naming unknown keys and the valid ones."""
+    """RULE_DEFAULTS updated with ``overrides``; ValueError naming unknown keys and the valid ones, and values
+    outside their range (:data:`RULE_CHECKS`: ``line_spacing_m=0``, a negative density or prominence, ...)."""
     unknown = sorted(set(overrides) - set(RULE_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown label rule parameter(s) {unknown}; valid: {sorted(RULE_DEFAULTS)}")
     params = dict(RULE_DEFAULTS)
-    params.update({k: float(v) for k, v in overrides.items()})
+    params.update({k: RULE_CHECKS[k](k, v) for k, v in overrides.items()})
+    check_rule_order(params)
     return params
 
 
@@ -626,8 +657,8 @@ def alpine_hut_cells(dem: np.ndarray, res_m: float, rng: np.random.Generator,
 # all rules on a terrain
 # --------------------------------------------------------------------------------------------------
 def class_rng(seed: int, name: str) -> np.random.Generator:
-    """The Generator of one proxy class: independent per class, reproducible from ``seed``."""
-    return np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+    """The Generator of one proxy class: independent per class, reproducible from ``seed`` (an integer >= 0)."""
+    return np.random.default_rng([check_seed(seed), zlib.crc32(name.encode())])
 
 
 def derive_cells(dem: np.ndarray, res_m: float, seed: int = 0, classes: Iterable[str] | None = None,
@@ -639,6 +670,7 @@ def derive_cells(dem: np.ndarray, res_m: float, seed: int = 0, classes: Iterable
     from tqdm import tqdm
 
     p = rule_params(**params)
+    seed = check_seed(seed)
     dem = _check_dem(dem, res_m)
     names = list(CLASSES) if classes is None else [get_class(c).name for c in classes]
     cache: dict = {}
@@ -758,11 +790,18 @@ def write_labels(df: pd.DataFrame, out_dir: str | Path, classes: Iterable[str] |
     return paths
 
 
-def read_labels(path: str | Path, classes: Iterable[str] | None = None) -> pd.DataFrame:
+def read_labels(path: str | Path, classes: Iterable[str] | None = None, terrains: dict | None = None) -> pd.DataFrame:
     """Read a label table from a ``<class>.parquet`` file or a directory of them.
 
-    ``classes`` selects classes (unknown names raise; a class missing from a directory raises).
+    ``classes`` selects classes (unknown names raise; a class missing from a directory raises). Every file is
+    checked before it joins the table (:func:`topo2vec_lib.osm.check_label_table`): the columns ``lon, lat,
+    class, source, region``, finite lon in -180..180 and lat in -90..90 (367.6 is never wrapped), a class on
+    every row, and in ``<class>.parquet`` only rows of that class. ``terrains``: ``{region: terrain DataArray or
+    PatchSampler}``; the rows of each region must not look lon/lat-swapped against its terrain
+    (:func:`topo2vec_lib.osm.check_not_swapped`). ValueError naming the file otherwise.
     """
+    from .osm import check_label_table, check_not_swapped
+
     path = Path(path)
     names = None if classes is None else [get_class(c).name for c in classes]
     if path.is_dir():
@@ -775,14 +814,31 @@ def read_labels(path: str | Path, classes: Iterable[str] | None = None) -> pd.Da
                 raise FileNotFoundError(f"label files {absent} missing in {path}")
         if not files:
             raise FileNotFoundError(f"no <class>.parquet label files in {path}; classes: {sorted(CLASSES)}")
-        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     elif path.exists():
-        df = pd.read_parquet(path)
+        files = [path]
     else:
         raise FileNotFoundError(f"label path {path} does not exist")
-    df = _as_label_table(df)
+    frames = []
+    for f in files:
+        try:
+            df = pd.read_parquet(f)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{f}: not a readable parquet label table ({type(err).__name__}: {err})") from None
+        check_label_table(df, path=f)
+        unknown = sorted(set(df["class"]) - set(CLASSES))
+        if unknown:
+            raise ValueError(f"{f}: unknown label class(es) {unknown}; valid: {sorted(CLASSES)}")
+        if f.stem in CLASSES:
+            other = sorted(set(df["class"]) - {f.stem})
+            if other:
+                raise ValueError(f"{f}: a {f.stem!r} label file holds rows of class(es) {other}; each "
+                                 f"<class>.parquet holds its own class only")
+        frames.append(_as_label_table(df))
+    df = _as_label_table(pd.concat(frames, ignore_index=True))
     if names is not None:
         df = df[df["class"].isin(names)].reset_index(drop=True)
+    for region, terrain in (terrains or {}).items():
+        check_not_swapped(df[df["region"] == region], terrain, where=f"{path} (region {region!r})")
     return df
 
 

@@ -302,14 +302,28 @@ def osm_labels_for_terrain(terrain, classes, **kwargs) -> pd.DataFrame:
     return clip_to_terrain(df, terrain)
 
 
+def _crs_bounds(terrain) -> tuple[Any, tuple[float, float, float, float]]:
+    """(crs, (xmin, ymin, xmax, ymax)) of a terrain DataArray or of a PatchSampler (``crs``, ``bounds_xy``)."""
+    if hasattr(terrain, "bounds_xy") and hasattr(terrain, "crs"):
+        return terrain.crs, tuple(terrain.bounds_xy)
+    return terrain.rio.crs, tuple(terrain.rio.bounds())
+
+
 def _inside_terrain(lon, lat, terrain) -> np.ndarray:
-    x, y = lonlat_to_xy(terrain.rio.crs, lon, lat)
-    xmin, ymin, xmax, ymax = terrain.rio.bounds()
-    return np.isfinite(x) & np.isfinite(y) & (x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)
+    lon, lat = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
+    inside = np.zeros(lon.shape, dtype=bool)
+    ok = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90)
+    if not ok.any():
+        return inside
+    crs, (xmin, ymin, xmax, ymax) = _crs_bounds(terrain)
+    x, y = lonlat_to_xy(crs, lon[ok], lat[ok])
+    inside[ok] = np.isfinite(x) & np.isfinite(y) & (x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)
+    return inside
 
 
 def check_not_swapped(df: pd.DataFrame, terrain, where: str = "label table") -> np.ndarray:
-    """The rows inside the terrain window; ValueError if lon and lat look swapped.
+    """The rows inside the terrain window; ValueError if lon and lat look swapped. ``terrain``: a terrain
+    DataArray or a :class:`~topo2vec_lib.sampler.PatchSampler`.
 
     Heuristic: with lon and lat exchanged, more places would fall inside the terrain than as given (and at
     least one would). A table that fits the terrain as given never trips it; near the lon = lat diagonal a

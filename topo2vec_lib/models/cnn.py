@@ -116,6 +116,9 @@ def cnn_examples(cfg: CnnConfig, sampler: PatchSampler, labels: pd.DataFrame, se
     labels = _check_labels(labels)
     res_m = cfg.train_res_m[0]
     train = labels[labels["region"] == "train"]
+    from topo2vec_lib.osm import check_not_swapped
+
+    check_not_swapped(train, sampler, where="CNN labels of region 'train'")
     if len(train) == 0:
         regions = sorted(map(str, labels["region"].unique()))
         raise ValueError(f"no labels in region 'train' (labels hold {len(labels)} rows in regions {regions}); "
