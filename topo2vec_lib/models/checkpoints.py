@@ -1,14 +1,21 @@
 """Checkpoint files: one validated format for trained models and for resumable training state.
 
 A checkpoint is a ``torch.save`` of ``{"format": FORMAT, "version": VERSION, "kind", "config", "state",
-"library_version"}``, written atomically (temporary sibling, then rename). ``state`` holds state_dicts,
-numpy arrays, numbers and strings. Files are read with ``torch.load(weights_only=True)`` (no arbitrary
-pickles are executed); numpy arrays are stored as tagged tensors and come back as numpy arrays.
+"checksum", "library_version"}``, written atomically (temporary sibling, then rename). ``state`` holds
+state_dicts, numpy arrays, numbers and strings. Files are read with ``torch.load(weights_only=True)`` (no
+arbitrary pickles are executed); numpy arrays are stored as tagged tensors and come back as numpy arrays.
+
+``checksum`` (version 2) is ``"sha256:<hex>"`` of the kind, the configuration and every tensor's dtype, shape
+and bytes (:func:`payload_digest`); :func:`load_checkpoint` recomputes it, so altered or corrupt weights are a
+:class:`CheckpointError` instead of NaN embeddings. It also refuses float tensors holding NaN or inf (a diverged
+model). Version-1 files (no checksum) are refused with a message saying to retrain them.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,13 +27,59 @@ import topo2vec_lib
 from topo2vec_lib.storage import atomic_path
 
 FORMAT = "topo2vec-checkpoint"
-VERSION = 1
+VERSION = 2
+"""2: with ``checksum``. 1: without (refused: retrain)."""
 RESUME_KIND = "resume"
 _NDARRAY_TAG = "__ndarray__"
 
 
 class CheckpointError(ValueError):
     """A file is missing, corrupt, not a topo2vec checkpoint, of another version, or of another kind."""
+
+
+class CheckpointVersionError(CheckpointError):
+    """A topo2vec checkpoint of another format version."""
+
+
+def _feed(h, obj: Any) -> None:
+    """Hash ``obj`` (tensors, dicts, lists/tuples, scalars, strings) in a canonical, type-tagged form."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)};".encode())
+        for k, v in sorted(obj.items(), key=lambda kv: repr(kv[0])):
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)};".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def payload_digest(kind: Any, config: Any, state: Any) -> str:
+    """``"sha256:<hex>"`` of a checkpoint's kind, (packed) configuration and (packed) state."""
+    h = hashlib.sha256()
+    for part in (kind, config, state):
+        _feed(h, part)
+    return "sha256:" + h.hexdigest()
+
+
+def _non_finite(obj: Any, where: str = "") -> str | None:
+    """The first float tensor (its key path) holding NaN or inf, else None."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+            return where or "state"
+        return None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
 
 
 def _pack(obj: Any) -> Any:
@@ -67,8 +120,10 @@ def save_checkpoint(path: str | os.PathLike, *, kind: str, config: dict, state: 
     """Write a checkpoint of ``kind`` (e.g. ``"topo2vec"``) with its ``config`` and ``state``, atomically."""
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"checkpoint kind must be a non-empty string, got {kind!r}")
-    payload = {"format": FORMAT, "version": VERSION, "kind": kind, "config": _pack(dict(config)),
-               "state": _pack(dict(state)), "library_version": topo2vec_lib.__version__}
+    packed_config, packed_state = _pack(dict(config)), _pack(dict(state))
+    payload = {"format": FORMAT, "version": VERSION, "kind": kind, "config": packed_config,
+               "state": packed_state, "checksum": payload_digest(kind, packed_config, packed_state),
+               "library_version": topo2vec_lib.__version__}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -90,10 +145,20 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_locati
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a topo2vec checkpoint (no format={FORMAT!r} field)")
     if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path} is a topo2vec checkpoint of version {payload.get('version')!r}; "
-                              f"this library reads version {VERSION}")
+        why = " (written before checkpoints carried a checksum of their weights): retrain it, e.g. dvc repro " \
+              "train@<model>" if payload.get("version") == 1 else ""
+        raise CheckpointVersionError(f"{path} is a topo2vec checkpoint of version {payload.get('version')!r}; "
+                                     f"this library reads version {VERSION}{why}")
+    expected = payload_digest(payload.get("kind"), payload.get("config", {}), payload.get("state", {}))
+    if payload.get("checksum") != expected:
+        raise CheckpointError(f"{path}: its kind, configuration or weights do not match the checksum written with "
+                              f"them (corrupt or altered file; got {str(payload.get('checksum'))[:20]}..., computed "
+                              f"{expected[:20]}...)")
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(f"{path} holds a {payload.get('kind')!r} checkpoint, expected kind {kind!r}")
+    bad = _non_finite(payload.get("state", {}))
+    if bad:
+        raise CheckpointError(f"{path}: tensor {bad} holds NaN or inf (a diverged or corrupt model); retrain it")
     payload["config"] = _unpack(payload.get("config", {}))
     payload["state"] = _unpack(payload.get("state", {}))
     return payload
@@ -136,5 +201,9 @@ def load_resume_state(path: str | os.PathLike | None) -> dict | None:
     """The ``state`` of a resume file plus its ``"config"``; ``None`` when ``path`` is None or absent."""
     if path is None or not Path(path).exists():
         return None
-    ckpt = load_checkpoint(path, kind=RESUME_KIND)
+    try:
+        ckpt = load_checkpoint(path, kind=RESUME_KIND)
+    except CheckpointVersionError as err:
+        warnings.warn(f"{err}; the resume file is ignored and training starts afresh", stacklevel=2)
+        return None
     return {**ckpt["state"], "config": ckpt["config"]}

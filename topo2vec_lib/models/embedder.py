@@ -8,6 +8,9 @@ once, here: they sample ``17 x 17`` patches at ``res_m`` m/px (default: the embe
 scale), normalise them per patch (``sampler.normalize``, the same for every method) and call the method's
 ``embed_patches`` in batches. A method that needs other inputs (geomorphometry: raw metres at several scales)
 overrides only :meth:`Embedder.scales_for` and :meth:`Embedder.embed_batch_xy`.
+
+Finite patches must give finite vectors: a NaN or infinite vector from a finite patch (corrupt or diverged
+weights) is a :class:`NonFiniteEmbeddingError`, never returned.
 """
 from __future__ import annotations
 
@@ -22,6 +25,25 @@ from topo2vec_lib.sampler import PatchSampler, as_sampler, normalize
 
 PATCH_SIZE = 17
 NODATA_MODES = ("raise", "nan")
+
+
+class NonFiniteEmbeddingError(ValueError):
+    """A model returned NaN or infinite vectors for finite patches (its weights are corrupt or diverged)."""
+
+
+def check_vectors(name: str, vectors: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``vectors`` unchanged if every row (of ``rows``, a boolean mask of rows whose patches were finite) is
+    finite; else :class:`NonFiniteEmbeddingError` naming the model and the first bad row."""
+    v = np.asarray(vectors)
+    bad = ~np.isfinite(v).all(axis=tuple(range(1, v.ndim))) if v.ndim > 1 else ~np.isfinite(v)
+    if rows is not None:
+        bad &= np.asarray(rows, dtype=bool)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise NonFiniteEmbeddingError(f"model {name!r} returned NaN or infinite vectors for {int(bad.sum())} of "
+                                      f"{len(v)} finite patches (first: row {i}); its weights are corrupt or "
+                                      f"diverged: retrain it or load another checkpoint")
+    return vectors
 
 
 def as_patch_batch(x) -> np.ndarray:
@@ -77,7 +99,7 @@ class Embedder:
         out = np.full((len(x), self.dim), np.nan, dtype=np.float32)
         ok = ~np.isnan(raw).any(axis=(1, 2))
         if ok.any():
-            out[ok] = self.embed_patches(normalize(raw[ok], min_range_m=self.min_range_m))
+            out[ok] = check_vectors(self.name, self.embed_patches(normalize(raw[ok], min_range_m=self.min_range_m)))
         return out
 
     # ---------------------------------------------------------------- shared
@@ -142,7 +164,7 @@ class TorchEmbedder(Embedder):
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             out[s:s + step] = self.net_embed(xb).float().cpu().numpy()
-        return out
+        return check_vectors(self.name, out)
 
     def to(self, device: str | torch.device) -> TorchEmbedder:
         self.device = torch.device(device)

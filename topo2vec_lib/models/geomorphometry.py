@@ -14,7 +14,7 @@ import torch
 from topo2vec_lib import geomorphometry as gm
 from topo2vec_lib.models import checkpoints
 from topo2vec_lib.models.config import GeomorphometryConfig
-from topo2vec_lib.models.embedder import PATCH_SIZE, Embedder
+from topo2vec_lib.models.embedder import PATCH_SIZE, Embedder, check_vectors
 from topo2vec_lib.sampler import PatchSampler
 
 
@@ -67,7 +67,8 @@ class GeomorphometryEmbedder(Embedder):
                              f"their metres: use embed(sampler, lon, lat) instead")
         scales = self.scales_for(res_m)
         feats = [gm.descriptors(x[:, i], s, self.flat_deg) for i, s in enumerate(scales)]
-        return np.concatenate(feats, axis=1).astype(np.float32)
+        out = np.concatenate(feats, axis=1).astype(np.float32)
+        return check_vectors(self.name, out, rows=np.isfinite(x).all(axis=(1, 2, 3)))
 
     def embed_batch_xy(self, sampler: PatchSampler, x: np.ndarray, y: np.ndarray, res_m: float,
                        allow_nodata: bool = False) -> np.ndarray:
@@ -82,4 +83,8 @@ class GeomorphometryEmbedder(Embedder):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, name: str | None = None) -> GeomorphometryEmbedder:
-        return cls(ckpt["config"], name=name)
+        emb = cls(ckpt["config"], name=name)
+        if set(ckpt["state"]) != {"features"} or list(ckpt["state"]["features"]) != emb.feature_names:
+            raise ValueError(f"a geomorphometry checkpoint's state must be its feature names {emb.feature_names[:2]}"
+                             f"..., got keys {sorted(ckpt['state'])}")
+        return emb

@@ -31,4 +31,6 @@ class IdEmbedder(Embedder):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, name: str | None = None) -> IdEmbedder:
+        if ckpt["state"]:
+            raise ValueError(f"an id checkpoint has no state (nothing is learned), got keys {sorted(ckpt['state'])}")
         return cls(ckpt["config"], name=name)

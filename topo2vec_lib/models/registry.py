@@ -107,6 +107,7 @@ def train_model(config: Mapping[str, Any] | ModelConfig, sampler: PatchSampler, 
 def load_embedder(path: str | os.PathLike, device: str | torch.device = "cpu") -> Embedder:
     """Load any embedder checkpoint (:class:`~topo2vec_lib.models.checkpoints.CheckpointError` when it is missing,
     corrupt, or not an embedder)."""
+    device = resolve_device(device)        # 'cuda' without CUDA is a ValueError here, not a torch assertion
     ckpt = checkpoints.load_checkpoint(path)
     kind = ckpt["kind"]
     if kind not in MODELS:
@@ -121,5 +122,5 @@ def load_embedder(path: str | os.PathLike, device: str | torch.device = "cpu") -
         if isinstance(err, checkpoints.CheckpointError):
             raise
         raise checkpoints.CheckpointError(f"{path}: a {kind!r} checkpoint whose configuration or state does not "
-                                          f"match its kind ({type(err).__name__}: {err})") from None
+                                          f"match its kind ({type(err).__name__}: {str(err)[:300]})") from None
     return emb.to(device) if hasattr(emb, "to") else emb

@@ -32,7 +32,7 @@ from topo2vec_lib.models import checkpoints
 from topo2vec_lib.models.config import Topo2VecConfig
 from topo2vec_lib.models.embedder import TorchEmbedder, as_patch_batch
 from topo2vec_lib.models.networks import LATENT_DIM, Decoder, Discriminator, Encoder, discriminator_input
-from topo2vec_lib.models.trainer import Method, adam
+from topo2vec_lib.models.trainer import Method, adam, resolve_device
 from topo2vec_lib.sampler import PatchSampler
 
 
@@ -78,6 +78,7 @@ class Topo2Vec(TorchEmbedder):
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", name: str | None = None) -> Topo2Vec:
         """Load a ``topo2vec`` checkpoint (CheckpointError when it is missing, corrupt or of another kind)."""
+        device = resolve_device(device)
         ckpt = checkpoints.load_checkpoint(path, kind="topo2vec")
         return cls.from_checkpoint(ckpt, name or ckpt["config"].get("name") or Path(path).stem, device=device)
 

@@ -13,6 +13,10 @@ a chunk must be a pure function of ``(seed, epoch, chunk)``, so that
 
 History rows: ``scope="steps"`` every ``log_steps`` steps (mean losses of the window) and one
 ``scope="epoch"`` row per epoch (mean losses of the epoch plus the method's :meth:`Method.end_epoch` values).
+
+A non-finite loss (NaN or inf: diverged weights) stops training at once with :class:`NonFiniteLossError`; so do
+weights that are no longer finite when a resume file or the model is about to be written. Neither is ever
+written with non-finite weights, so the resume file keeps the last good state and ``out_path`` is untouched.
 """
 from __future__ import annotations
 
@@ -33,6 +37,19 @@ from tqdm.auto import tqdm
 from topo2vec_lib.models import checkpoints
 from topo2vec_lib.models.config import ModelConfig
 from topo2vec_lib.models.embedder import Embedder
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss or weights; nothing non-finite was written."""
+
+
+def _non_finite_weights(modules: dict[str, nn.Module]) -> str | None:
+    """The first parameter or buffer (``module.name``) holding NaN or inf, else None."""
+    for name, module in modules.items():
+        for key, t in [*module.named_parameters(), *module.named_buffers()]:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return f"{name}.{key}"
+    return None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -186,9 +203,22 @@ def _fit(method: Method, *, out_path, resume_path, progress: bool) -> dict:
     t0 = time.perf_counter()
     step_at_start = step
 
+    def stop(why: str) -> NonFiniteLossError:
+        kept = (f"the resume file {resume_path} keeps the last good state (step {last_ckpt_step})"
+                if resume_path is not None and Path(resume_path).exists() else "no resume file was written yet")
+        return NonFiniteLossError(f"training {cfg.name or cfg.KIND!r} stopped: {why}. The weights diverged "
+                                  f"(lower the learning rate, e.g. lr={getattr(cfg, 'lr', '?')!r}); {kept}; "
+                                  f"{out_path} was not written")
+
+    def check_weights(when: str) -> None:
+        bad = _non_finite_weights(method.modules)
+        if bad:
+            raise stop(f"weight {bad} is NaN or infinite {when} (step {step}, epoch {epoch})")
+
     def save_resume(epoch: int, chunk: int) -> None:
         if resume_path is None:
             return
+        check_weights("before the resume file is written")
         extra = {"chunk": chunk, "wall_s": wall_before + time.perf_counter() - t0, "window": window.state(),
                  "epoch_losses": epoch_losses.state(), "method": method.state()}
         checkpoints.save_resume_state(resume_path, epoch=epoch, step=step, models=method.modules,
@@ -219,6 +249,9 @@ def _fit(method: Method, *, out_path, resume_path, progress: bool) -> dict:
                     module.train()
             for batch in method.steps(fetch(i)):
                 losses = method.step(batch)
+                bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+                if bad:
+                    raise stop(f"non-finite loss {bad} at step {step + 1} (epoch {epoch}, chunk {chunk})")
                 step += 1
                 window.add(losses)
                 epoch_losses.add(losses)
@@ -247,6 +280,8 @@ def _fit(method: Method, *, out_path, resume_path, progress: bool) -> dict:
             pool.shutdown(wait=True)
 
     run_s = time.perf_counter() - t0
+    epoch = cfg.epochs - 1
+    check_weights("at the end of training")
     method.embedder().save(out_path)
     if resume_path is not None and Path(resume_path).exists():
         os.remove(resume_path)
