@@ -75,12 +75,12 @@ cnn_train_per_class = None    # supervised CNN baseline wish (drawn with jitter 
 
 
 # %%
-from topo2vec_lib.labels import RULE_DEFAULTS
-from topo2vec_lib.params import notebook_parameters
+from topo2vec_lib.checks import text
+from topo2vec_lib.schema import notebook_section
 
-notebook_parameters(globals(), "labels", ["source", "osm", "label_files", *RULE_DEFAULTS, "min_train_exp1",
-                                          "min_test_exp1", "min_train_exp2", "min_test_exp2", "cnn_train_per_class",
-                                          "seed"])
+# every value is checked (topo2vec_lib/schema.py: ranges of the rules, counts, sources) before any work
+notebook_section(globals(), "labels", local={k: text(nonempty=True) for k in ("terrain_dir", "out_dir", "plots_dir",
+                                                                              "metrics_path")})
 
 # %%
 import time
@@ -92,19 +92,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from IPython.display import display
 
 from topo2vec_lib import grid as T
 from topo2vec_lib import labels as L
 from topo2vec_lib.storage import atomic_path, write_json
 from topo2vec_lib.terrain import open_region
 
-L.check_source(source)
 rules = {k: globals()[k] for k in L.RULE_DEFAULTS}
-L.rule_params(**rules)  # validates the names
+L.rule_params(**rules)  # the library's own check of the rules (the same ranges as the schema)
 
 
 # %% [markdown]
 # ## Derive the labels of both regions
+# Nothing is written until the labels of both regions are derived and their counts checked (below).
 
 # %%
 terrains, tables, seconds = {}, [], {}
@@ -116,7 +117,6 @@ for region in ("train", "test"):
     seconds[region] = round(time.perf_counter() - t0, 2)
     tables.append(df)
 labels = pd.concat(tables, ignore_index=True)
-L.write_labels(labels, out_dir)
 print({r: f"{terrains[r].shape} px, {s} s" for r, s in seconds.items()})
 
 # %% [markdown]
@@ -137,7 +137,19 @@ counts["need_train"] = [required[c]["train"] for c in counts.index]
 counts["need_test"] = [required[c]["test"] for c in counts.index]
 for r in ("train", "test"):
     counts[f"per_100km2_{r}"] = (counts[r] / area_km2[r] * 100).round(2)
-counts
+display(counts)
+
+# the count check comes before any output is written: a short class leaves no half-written stage behind
+short = {}
+for region in ("train", "test"):
+    try:
+        L.check_counts(labels, {c: required[c][region] for c in L.CLASSES}, region=region)
+    except L.InsufficientLabelsError as err:
+        short[region] = str(err)
+if short:
+    raise L.InsufficientLabelsError("label counts are short (nothing was written): " + " | ".join(short.values()))
+print("all classes have enough labels in both regions")
+L.write_labels(labels, out_dir)
 
 # %% [markdown]
 # ## The labels over the hillshade
@@ -164,16 +176,11 @@ with atomic_path(Path(plots_dir) / "labels_map.png") as tmp:
     fig.savefig(tmp, format="png", dpi=110)
 
 # %% [markdown]
-# ## Metrics and the count check
-# The stage fails below when a class has fewer positives than its experiment needs in a region.
+# ## Metrics
+# (The stage has already failed above, writing nothing, when a class has fewer positives than its experiment
+# needs in a region.)
 
 # %%
-short = {}
-for region in ("train", "test"):
-    try:
-        L.check_counts(labels, {c: required[c][region] for c in L.CLASSES}, region=region)
-    except L.InsufficientLabelsError as err:
-        short[region] = str(err)
 write_json(metrics_path, {
     "source": source,
     "seed": seed,
@@ -186,6 +193,3 @@ write_json(metrics_path, {
                             "distinct": {c: int(counts.loc[c, "train"]) for c in L.classes_of("exp1")}},
     "short": short,
 })
-if short:
-    raise L.InsufficientLabelsError("label counts are short: " + " | ".join(short.values()))
-print("all classes have enough labels in both regions")

@@ -53,16 +53,16 @@ import pandas as pd
 from IPython.display import Image, display
 
 from topo2vec_lib import maps
+from topo2vec_lib.checks import integer
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.models import load_embedder
-from topo2vec_lib.params import notebook_parameters
 from topo2vec_lib.regional import embed_region
 from topo2vec_lib.sampler import PatchSampler
+from topo2vec_lib.schema import notebook_section
 from topo2vec_lib.storage import write_json
 from topo2vec_lib.terrain import open_region
 
-print(notebook_parameters(globals(), "exp3", ["model", "classes", "box_lonlat", "box_km", "scales_m", "stride_m",
-                                              "n_train", "upsample_finer", "seed"]))
+print(notebook_section(globals(), "exp3", local={"chunk": integer(1), "max_points": integer(1)}))
 
 
 # %% [markdown]
@@ -72,7 +72,7 @@ print(notebook_parameters(globals(), "exp3", ["model", "classes", "box_lonlat", 
 terrains = {region: open_region(terrain_dir, region).load() for region in ("train", "test")}
 native_m = float(terrains["test"].attrs["res_m"])
 crs = terrains["test"].rio.crs
-labels = read_labels(labels_dir, classes)
+labels = read_labels(labels_dir, classes, terrains=terrains)
 path = Path(models_dir) / f"{model}.pt"
 if not path.exists():
     raise FileNotFoundError(f"model {model!r}: {path} does not exist; train it first (dvc repro train@{model})")

@@ -56,15 +56,14 @@ from topo2vec_lib import evaluation as ev
 from topo2vec_lib import paper
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.models import load_embedder
-from topo2vec_lib.params import notebook_parameters
 from topo2vec_lib.sampler import PatchSampler
+from topo2vec_lib.schema import notebook_section
 from topo2vec_lib.storage import atomic_path, read_json, write_json
 from topo2vec_lib.terrain import open_region
 
 if experiment not in paper.SIZES:
     raise ValueError(f"unknown experiment {experiment!r}; valid: {sorted(paper.SIZES)}")
-print(notebook_parameters(globals(), experiment, ["classes", "n_train", "n_test", "seeds", "models", "res_m",
-                                                  "min_neg_distance_m", "svm_C", "reference", "seed"]))
+print(notebook_section(globals(), experiment))
 metrics_path = metrics_path or f"metrics/{experiment}.json"
 
 
@@ -73,7 +72,7 @@ metrics_path = metrics_path or f"metrics/{experiment}.json"
 
 # %%
 samplers = {region: PatchSampler(open_region(terrain_dir, region)) for region in ("train", "test")}
-labels = read_labels(labels_dir, classes)
+labels = read_labels(labels_dir, classes, terrains=samplers)
 if res_m == "selected":
     best = read_json(scale_selection_path)["best_scale_m"]
     missing = [c for c in classes if c not in best]

@@ -58,17 +58,16 @@ import pandas as pd
 from IPython.display import Image, display
 
 from topo2vec_lib import maps
+from topo2vec_lib.checks import integer
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.models import load_embedder
-from topo2vec_lib.params import notebook_parameters
 from topo2vec_lib.regional import embed_region, embed_xy
 from topo2vec_lib.sampler import PatchSampler
+from topo2vec_lib.schema import notebook_section
 from topo2vec_lib.storage import write_json
 from topo2vec_lib.terrain import open_region
 
-print(notebook_parameters(globals(), "exp4", [
-    "model", "baselines", "query_lonlat", "query_class", "n_queries", "k", "res_m", "box_lonlat", "stride_m",
-    "exclude_radius_m", "classes", "per_class", "n_random", "pk_queries", "pk_k", "repeats", "seed"]))
+print(notebook_section(globals(), "exp4", local={"chunk": integer(1)}))
 res_m = float(res_m)
 exclude_radius_m = 17 * res_m / 2 if exclude_radius_m is None else float(exclude_radius_m)
 
@@ -84,7 +83,7 @@ def load(name):
 terrain = open_region(terrain_dir, "test").load()
 crs = terrain.rio.crs
 sampler = PatchSampler(terrain)
-labels = read_labels(labels_dir)
+labels = read_labels(labels_dir, terrains={"test": sampler})
 test_labels = labels[labels["region"] == "test"]
 embedders = {name: load(name) for name in dict.fromkeys([model, *baselines])}
 print({n: f"{type(e).__name__}, dim {e.dim}" for n, e in embedders.items()})

@@ -53,13 +53,12 @@ import matplotlib.pyplot as plt
 
 from topo2vec_lib import evaluation as ev
 from topo2vec_lib.labels import read_labels
-from topo2vec_lib.params import notebook_parameters
 from topo2vec_lib.sampler import PatchSampler
+from topo2vec_lib.schema import notebook_section
 from topo2vec_lib.storage import atomic_path, write_json
 from topo2vec_lib.terrain import open_region
 
-print(notebook_parameters(globals(), "scale_selection", ["classes", "scales_m", "n", "seeds", "epochs", "lr",
-                                                         "min_neg_distance_m", "seed"]))
+print(notebook_section(globals(), "scale_selection"))
 
 
 # %% [markdown]
@@ -67,7 +66,7 @@ print(notebook_parameters(globals(), "scale_selection", ["classes", "scales_m", 
 
 # %%
 sampler = PatchSampler(open_region(terrain_dir, "train"))
-labels = read_labels(labels_dir, classes)
+labels = read_labels(labels_dir, classes, terrains={"train": sampler})
 native_m = sampler.res_m
 usable = [float(s) for s in scales_m]
 upsampled = [s for s in usable if s < native_m]

@@ -42,10 +42,11 @@ plots_dir = "plots"
 metrics_path = "metrics/terrain.json"
 
 # %%
-from topo2vec_lib.params import notebook_parameters
+from topo2vec_lib.checks import text
+from topo2vec_lib.schema import notebook_section
 
-notebook_parameters(globals(), "data", ["source", "crs", "res_m", "size_km", "train_center", "test_center",
-                                        "geotiff_path", "raw_dir", "seed"])
+# every value is checked (topo2vec_lib/schema.py), both windows included, before any work
+notebook_section(globals(), "data", local={k: text(nonempty=True) for k in ("out_dir", "plots_dir", "metrics_path")})
 
 # %%
 import time
@@ -61,13 +62,14 @@ from topo2vec_lib.terrain import load_terrain, save_terrain
 
 centers = {"train": train_center, "test": test_center}
 terrains, seconds = {}, {}
-for region, center in centers.items():
+for region, center in centers.items():        # both regions are loaded and checked before anything is written
     t0 = time.perf_counter()
     terrains[region] = load_terrain(source, region, center_lonlat=center, size_km=size_km, res_m=res_m, crs=crs,
                                     seed=seed, geotiff_path=geotiff_path or None, cache_dir=raw_dir)
     seconds[region] = time.perf_counter() - t0
-    path = save_terrain(terrains[region], Path(out_dir) / f"{region}.zarr")
-    da = terrains[region]
+stats = {region: relief_statistics(da) for region, da in terrains.items()}
+for region, da in terrains.items():
+    path = save_terrain(da, Path(out_dir) / f"{region}.zarr")
     print(f"{region}: {da.shape} px at {res_m} m, {float(da.min()):.0f}..{float(da.max()):.0f} m, "
           f"{seconds[region]:.1f} s -> {path}")
 
@@ -103,7 +105,6 @@ plt.show()
 # about 0.6-0.9. "Mountains" are cells whose 1 km neighbourhood spans more than 500 m, "plains" less than 50 m.
 
 # %%
-stats = {region: relief_statistics(da) for region, da in terrains.items()}
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
 for region, s in stats.items():
     edges = np.asarray(s["slope_hist_edges_deg"])

@@ -62,14 +62,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from topo2vec_lib.checks import mapping, text
 from topo2vec_lib.models import model_config, train_model
 from topo2vec_lib.params import model_parameters
 from topo2vec_lib.sampler import PatchSampler
+from topo2vec_lib.schema import TOP_LEVEL_CHECKS
 from topo2vec_lib.storage import atomic_path, write_json
 from topo2vec_lib.terrain import open_region
 
+text(nonempty=True)("model", model)
+mapping()("overrides", overrides)
 config, study_seed = model_parameters(model, params_path, overrides)
-seed = study_seed if seed is None else seed
+seed = TOP_LEVEL_CHECKS["seed"]("seed", study_seed if seed is None else seed)
 cfg = model_config(config, complete=True)          # params.yaml states every value of the model
 kind = cfg.KIND
 print(f"{model} (seed {seed}): {cfg.to_dict()}")
@@ -81,7 +85,7 @@ labels = None
 if kind == "cnn":                              # the only supervised model
     from topo2vec_lib.labels import read_labels
 
-    labels = read_labels(labels_dir)
+    labels = read_labels(labels_dir, terrains={"train": sampler})
 print(f"train terrain {train_terrain.shape} px at {sampler.res_m:g} m/px, region {sampler.region!r}")
 
 # %%

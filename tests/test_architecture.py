@@ -138,7 +138,7 @@ def test_no_import_cycles():
             visit(m)
 
 
-@pytest.mark.parametrize("low", ["grid", "storage", "params", "paper"])
+@pytest.mark.parametrize("low", ["grid", "storage", "params", "paper", "checks"])
 def test_low_modules_import_nothing_else_of_the_package(low):
     imports = direct_imports(REPO / PKG / f"{low}.py", f"{PKG}.{low}") - {PKG}
     assert not imports, f"{low}.py must stay at the bottom of the package; it imports {sorted(imports)}"
@@ -157,3 +157,15 @@ def test_the_model_registry_is_imported_by_nobody_but_the_models_package():
             if isinstance(node, ast.ImportFrom) and node.module == f"{PKG}.models":
                 reexported = [a.name for a in node.names if _module_file(f"{PKG}.models.{a.name}") is None]
                 assert not reexported, f"{module_name(path)} imports {reexported} from the registry's re-exports"
+
+
+def test_params_check_runs_first_and_guards_every_stage():
+    """DVC deletes a stage's outputs before it runs the stage: every stage must depend on the params_check stage's
+    output, which tracks the whole params.yaml, so a bad value fails before any output is removed."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    check = dvc["stages"]["params_check"]
+    assert check["params"] == [{"params.yaml": None}], "params_check must track every value of params.yaml"
+    assert any(isinstance(o, dict) and "reports/params_check.json" in o for o in check["outs"])
+    for name, stage in dvc["stages"].items():
+        if name != "params_check":
+            assert "reports/params_check.json" in stage.get("do", stage)["deps"], f"stage {name!r} must depend on it"

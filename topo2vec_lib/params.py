@@ -97,7 +97,8 @@ def notebook_parameters(namespace: MutableMapping[str, Any], section_name: str, 
     ``data/terrain`` resolve the same from ``dvc repro`` and from JupyterLab. ``params_path``: default
     ``namespace["params_path"]``, else the project's ``params.yaml``. A value already in ``namespace`` (not
     None) wins over the file. ``checks``: ``{key: check(key, value) -> value}`` run on the final values
-    (e.g. range checks), so bad values fail before any work.
+    (e.g. range checks, :mod:`topo2vec_lib.schema`), so bad values fail before any work; the error says whether
+    the value came from the file or was given to the notebook.
     """
     if params_path is None:
         params_path = namespace.get("params_path")
@@ -114,6 +115,7 @@ def notebook_parameters(namespace: MutableMapping[str, Any], section_name: str, 
     resolved: dict[str, Any] = {}
     for key in keys:
         value = namespace.get(key)
+        origin = "given to the notebook (papermill -p or the notebook itself)"
         if value is None:
             source = params if key in TOP_LEVEL else given
             if key not in source:
@@ -121,8 +123,12 @@ def notebook_parameters(namespace: MutableMapping[str, Any], section_name: str, 
                 raise ValueError(f"{path} lacks {key!r} {where}: params.yaml states every study value "
                                  f"(null where the notebook documents what null means)")
             value = source[key]
+            origin = f"in {path}" + ("" if key in TOP_LEVEL else f" section {section_name!r}")
         if checks and key in checks:
-            value = checks[key](key, value)
+            try:
+                value = checks[key](key, value)
+            except ValueError as err:
+                raise ValueError(f"{err} ({origin})") from None
         resolved[key] = namespace[key] = value
     namespace["params_path"] = str(path)
     return resolved

@@ -1,0 +1,265 @@
+"""The params.yaml schema: every study section, its keys and the check of each value, in one table.
+
+:data:`SECTION_CHECKS` maps each notebook section (``data``, ``labels``, ``scale_selection``, ``exp1`` ...
+``exp4``) to ``{key: check}`` (:mod:`topo2vec_lib.checks`: types and ranges, e.g. ``line_spacing_m > 0``,
+``seed`` an integer >= 0, ``classes`` a *list* of known classes); :data:`SECTION_RULES` adds the checks across
+keys (a geotiff source needs an existing file, both windows must lie in their paper polygons, a probe's
+``reference`` must be one of its ``models``). The ``train`` section and ``models.<name>`` are checked by their
+typed configurations (:mod:`topo2vec_lib.models.config`), which import torch, so the ``params_check`` stage
+runs them beside :func:`check_params`.
+
+Two users, one table:
+
+- every notebook reads its section with :func:`notebook_section` (``params.notebook_parameters`` plus these
+  checks): a bad value fails before the notebook does any work, whether it came from params.yaml or from
+  ``papermill -p``; the checks only validate, so valid values reach the notebook exactly as written;
+- the first DVC stage, ``params_check`` (``notebooks/params_check.py``), runs :func:`check_params` over the whole
+  file, on which every other stage depends: DVC deletes a stage's outputs just before it runs the stage, so a typo
+  in params.yaml fails there and no model, metric or table of a previous good run is removed.
+
+A new parameter gets its row here (and a row in ``tests/test_bad_inputs.py``); a new section gets an entry in
+:data:`SECTION_CHECKS` (or in :data:`CONFIG_SECTIONS`), else ``params_check`` refuses the file.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from topo2vec_lib import checks as C
+from topo2vec_lib.grid import check_crs, region_window
+from topo2vec_lib.labels import CLASSES, LABEL_SOURCES, RULE_CHECKS, check_rule_order
+from topo2vec_lib.params import load_params, notebook_parameters, resolve_params_path, section
+from topo2vec_lib.terrain import SOURCES
+
+TOP_LEVEL_CHECKS: dict[str, C.Check] = {"seed": C.integer(0)}
+"""Keys at the top of params.yaml."""
+
+CONFIG_SECTIONS = ("train", "models")
+"""Sections checked by the model configurations (``models.model_config(..., complete=True)``), not here."""
+
+
+def class_name(key: str, v: Any) -> str:
+    """Check: the name of a label class of the registry (:data:`topo2vec_lib.labels.CLASSES`)."""
+    if not isinstance(v, str) or v not in CLASSES:
+        raise ValueError(f"{key}={v!r}: expected a label class, one of {sorted(CLASSES)}")
+    return v
+
+
+def crs_check(key: str, v: Any) -> str:
+    """Check: a projected CRS in metres (``grid.check_crs``)."""
+    if not isinstance(v, str):
+        raise ValueError(f"{key}={v!r}: expected a CRS string such as 'EPSG:3035'")
+    try:
+        return check_crs(v)
+    except ValueError as err:
+        raise ValueError(f"{key}: {err}") from None
+
+
+def even_count(key: str, v: Any) -> int:
+    """Check: an even integer >= 2 (balanced sets: half positives, half negatives)."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 2 or v % 2:
+        raise ValueError(f"{key}={v!r}: expected an even integer >= 2 (half positives, half negatives)")
+    return v
+
+
+def seeds_check(key: str, v: Any) -> int | list[int]:
+    """Check: a count of seeds >= 1, or a non-empty list of distinct integer seeds >= 0."""
+    if isinstance(v, list):
+        return C.list_of(C.integer(0), "integer seeds", distinct=True)(key, v)
+    return C.integer(1)(key, v)
+
+
+def probe_scale(key: str, v: Any) -> float | str:
+    """Check: a probe pixel size in m/px, or ``"selected"`` (per class, from the scale selection)."""
+    if v == "selected":
+        return v
+    try:
+        return C.number()(key, v)
+    except ValueError:
+        raise ValueError(f"{key}={v!r}: expected a positive pixel size in m/px or 'selected'") from None
+
+
+def _path_or_paths(key: str, v: Any) -> str | list[str]:
+    if isinstance(v, list):
+        return C.list_of(C.text(nonempty=True), "file paths")(key, v)
+    return C.text(nonempty=True)(key, v)
+
+
+CLASS_LIST = C.list_of(class_name, "label class names", distinct=True)
+MODEL_NAME = C.text(nonempty=True)
+MODEL_LIST = C.list_of(MODEL_NAME, "model names (keys of `models`)", distinct=True)
+PIXEL_SIZES = C.list_of(C.number(), "pixel sizes in m/px", distinct=True)
+
+_PROBE: dict[str, C.Check] = {
+    "classes": CLASS_LIST, "n_train": even_count, "n_test": even_count, "seeds": seeds_check,
+    "models": MODEL_LIST, "res_m": probe_scale, "min_neg_distance_m": C.number(0.0, strict=False),
+    "svm_C": C.list_of(C.number(), "positive SVM C values", distinct=True), "reference": MODEL_NAME,
+}
+
+SECTION_CHECKS: dict[str, dict[str, C.Check]] = {
+    "data": {
+        "source": C.choice(*SOURCES), "crs": crs_check, "res_m": C.number(), "size_km": C.number(),
+        "train_center": C.lonlat, "test_center": C.lonlat, "geotiff_path": C.text(), "raw_dir": C.text(nonempty=True),
+    },
+    "labels": {
+        "source": C.choice(*LABEL_SOURCES),
+        "osm": C.mapping(keys={"endpoint": C.text(nonempty=True), "cache_dir": C.text(nonempty=True),
+                               "tile_deg": C.number(0.0, maximum=180.0), "delay_s": C.number(0.0, strict=False),
+                               "timeout_s": C.integer(1)}),
+        "label_files": C.mapping(values=_path_or_paths),
+        **RULE_CHECKS,
+        "min_train_exp1": C.integer(0), "min_test_exp1": C.integer(0), "min_train_exp2": C.integer(0),
+        "min_test_exp2": C.integer(0), "cnn_train_per_class": C.integer(0),
+    },
+    "scale_selection": {
+        "classes": CLASS_LIST, "scales_m": PIXEL_SIZES, "n": even_count, "seeds": seeds_check,
+        "epochs": C.integer(1), "lr": C.number(), "min_neg_distance_m": C.number(0.0, strict=False),
+    },
+    "exp1": _PROBE,
+    "exp2": _PROBE,
+    "exp3": {
+        "model": MODEL_NAME, "classes": CLASS_LIST, "box_lonlat": C.optional(C.lonlat_box), "box_km": C.number(),
+        "scales_m": PIXEL_SIZES, "stride_m": C.number(), "n_train": even_count, "upsample_finer": C.boolean,
+    },
+    "exp4": {
+        "model": MODEL_NAME, "baselines": C.list_of(MODEL_NAME, "model names", min_len=0, distinct=True),
+        "query_lonlat": C.optional(C.list_of(C.lonlat, "[lon, lat] places")), "query_class": class_name,
+        "n_queries": C.integer(1), "k": C.integer(1), "res_m": C.number(), "box_lonlat": C.optional(C.lonlat_box),
+        "stride_m": C.number(), "exclude_radius_m": C.optional(C.number(0.0, strict=False)),
+        "classes": CLASS_LIST, "per_class": C.integer(1), "n_random": C.integer(1), "pk_queries": C.integer(1),
+        "pk_k": C.integer(1), "repeats": C.integer(1),
+    },
+}
+"""Section -> {key: check}: the keys each notebook section must state and what each value may be."""
+
+
+# ---------------------------------------------------------------- rules across the keys of a section
+def _data_rule(v: Mapping[str, Any]) -> None:
+    if v["source"] == "geotiff":
+        if not v["geotiff_path"]:
+            raise ValueError("source='geotiff' needs geotiff_path: a local GeoTIFF/VRT covering both windows")
+        if not Path(v["geotiff_path"]).is_file():
+            raise ValueError(f"geotiff_path={v['geotiff_path']!r} is not an existing file")
+    for region in ("train", "test"):
+        region_window(region, v[f"{region}_center"], v["size_km"], v["res_m"], v["crs"])
+
+
+def _labels_rule(v: Mapping[str, Any]) -> None:
+    check_rule_order(v)
+    unknown = sorted(set(v["label_files"]) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"label_files names unknown class(es) {unknown}; valid: {sorted(CLASSES)}")
+    if v["source"] == "files" and not v["label_files"]:
+        raise ValueError("source='files' needs label_files: {class: path} of GeoJSON, CSV or Parquet points")
+
+
+def _probe_rule(v: Mapping[str, Any]) -> None:
+    if v["reference"] not in v["models"]:
+        raise ValueError(f"reference={v['reference']!r} is not one of models={v['models']}")
+
+
+SECTION_RULES: dict[str, Callable[[Mapping[str, Any]], None]] = {
+    "data": _data_rule, "labels": _labels_rule, "exp1": _probe_rule, "exp2": _probe_rule,
+}
+"""Section -> a check across its (already checked) keys; raises ValueError."""
+
+
+def _model_refs(name: str, v: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, model name) pairs a section refers to (they must be keys of `models`)."""
+    if name in ("exp1", "exp2"):
+        return [("models", m) for m in v["models"]]
+    if name == "exp3":
+        return [("model", v["model"])]
+    if name == "exp4":
+        return [("model", v["model"])] + [("baselines", m) for m in v["baselines"]]
+    return []
+
+
+# ---------------------------------------------------------------- users
+def check_section(name: str, values: Mapping[str, Any], where: str = "") -> dict:
+    """Check the keys of section ``name`` that ``values`` holds and, when it holds them all, the rule across
+    them; returns ``values`` unchanged (as a dict). ValueError ``"<where><section>.<key>=...: expected ..."``."""
+    if name not in SECTION_CHECKS:
+        raise ValueError(f"{where}no schema for section {name!r}; sections: {sorted(SECTION_CHECKS)}")
+    schema = SECTION_CHECKS[name]
+    for key, check in schema.items():
+        if key in values:
+            try:
+                check(key, values[key])
+            except ValueError as err:
+                raise ValueError(f"{where}{name}.{err}") from None
+    if set(schema) <= set(values) and name in SECTION_RULES:
+        try:
+            SECTION_RULES[name](values)
+        except ValueError as err:
+            raise ValueError(f"{where}section {name!r}: {err}") from None
+    return dict(values)
+
+
+def _validating(check: C.Check, prefix: str = "") -> C.Check:
+    """``check`` run for validation only (errors name ``<prefix><key>``): the value is returned as given, so
+    valid runs stay byte-identical."""
+    def run(key: str, value: Any) -> Any:
+        check(prefix + key, value)
+        return value
+    return run
+
+
+def notebook_section(namespace: MutableMapping[str, Any], name: str, keys: Sequence[str] | None = None, *,
+                     params_path: str | os.PathLike | None = None,
+                     local: Mapping[str, C.Check] | None = None) -> dict:
+    """:func:`topo2vec_lib.params.notebook_parameters` for section ``name`` with its checks from
+    :data:`SECTION_CHECKS` (``keys``: default every key of the section, plus ``seed``) and its rule; ``local``
+    checks the notebook's own parameters (paths, chunk sizes) the same way. Returns the section's values."""
+    if name not in SECTION_CHECKS:
+        raise ValueError(f"no schema for section {name!r}; sections: {sorted(SECTION_CHECKS)}")
+    keys = [*SECTION_CHECKS[name], *TOP_LEVEL_CHECKS] if keys is None else list(keys)
+    checks = {**{k: _validating(c, f"{name}.") for k, c in SECTION_CHECKS[name].items()},
+              **{k: _validating(c) for k, c in TOP_LEVEL_CHECKS.items()}}
+    values = notebook_parameters(namespace, name, keys, params_path=params_path, checks=checks)
+    check_section(name, values)
+    for key, check in (local or {}).items():
+        try:
+            check(key, namespace.get(key))
+        except ValueError as err:
+            raise ValueError(f"notebook parameter {err}") from None
+    return values
+
+
+def check_params(params_path: str | os.PathLike | None = None) -> dict:
+    """Check a whole params.yaml except its configuration sections (:data:`CONFIG_SECTIONS`); returns the
+    parsed file. ValueError naming the file, section and key for: unknown or missing sections, unknown or
+    missing keys, bad values, broken rules, and sections that name a model ``models`` lacks."""
+    path = resolve_params_path(params_path)
+    params = load_params(path)
+    where = f"{path}: "
+    known = [*TOP_LEVEL_CHECKS, *SECTION_CHECKS, *CONFIG_SECTIONS]
+    unknown = sorted(map(str, set(params) - set(known)))
+    if unknown:
+        raise ValueError(f"{where}unknown section(s) {unknown}; valid: {known} (a new section needs its schema "
+                         f"in topo2vec_lib/schema.py)")
+    missing = [k for k in known if k not in params]
+    if missing:
+        raise ValueError(f"{where}lacks section(s) {missing}")
+    for key, check in TOP_LEVEL_CHECKS.items():
+        try:
+            check(key, params[key])
+        except ValueError as err:
+            raise ValueError(f"{where}{err}") from None
+    models = section(params, "models", path)
+    for name, schema in SECTION_CHECKS.items():
+        values = section(params, name, path)
+        bad = sorted(set(values) - set(schema))
+        if bad:
+            raise ValueError(f"{where}unknown key(s) {bad} in section {name!r}; valid: {sorted(schema)}")
+        lacking = sorted(set(schema) - set(values))
+        if lacking:
+            raise ValueError(f"{where}section {name!r} lacks key(s) {lacking}: params.yaml states every study value")
+        check_section(name, values, where)
+        for key, model in _model_refs(name, values):
+            if model not in models:
+                raise ValueError(f"{where}{name}.{key} names model {model!r}, which is not in `models` "
+                                 f"({sorted(models)})")
+    return params
