@@ -287,17 +287,22 @@ def tiny_terrain_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_labels_notebook_smoke(tiny_terrain_dir, tmp_path, notebook_runner):
-    """One run: tables, map and metrics are written, then the stage fails naming the short class."""
+    """A short class fails the stage before anything is written (validate first, write last); a run that
+    passes writes tables, map and metrics that agree."""
     import papermill
 
-    params = dict(terrain_dir=str(tiny_terrain_dir), out_dir=str(tmp_path / "labels"),
-                  plots_dir=str(tmp_path / "plots"), metrics_path=str(tmp_path / "metrics" / "labels.json"),
-                  min_train_exp1=1, min_test_exp1=1, min_train_exp2=0, min_test_exp2=10**6)
+    outs = dict(out_dir=str(tmp_path / "labels"), plots_dir=str(tmp_path / "plots"),
+                metrics_path=str(tmp_path / "metrics" / "labels.json"))
+    params = dict(terrain_dir=str(tiny_terrain_dir), **outs, min_train_exp1=1, min_test_exp1=1, min_train_exp2=0)
     with pytest.raises(papermill.PapermillExecutionError,
-                       match=r"too few labels in region 'test': aerialway_station: \d+ < 1000000"):
-        notebook_runner("labels", tmp_path / "nb", params)
+                       match=r"nothing was written.*too few labels in region 'test': aerialway_station: \d+ < 1000000"):
+        notebook_runner("labels", tmp_path / "nb", {**params, "min_test_exp2": 10**6})
+    assert not (tmp_path / "labels").exists() and not (tmp_path / "plots").exists()
+    assert not (tmp_path / "metrics").exists()
+
+    notebook_runner("labels", tmp_path / "nb", {**params, "min_test_exp2": 0})
     metrics = json.loads((tmp_path / "metrics" / "labels.json").read_text())
-    assert set(metrics["counts"]) == {"train", "test"} and list(metrics["short"]) == ["test"]
+    assert set(metrics["counts"]) == {"train", "test"} and metrics["short"] == {}
     df = L.read_labels(tmp_path / "labels")
     assert set(df["region"]) == {"train", "test"}
     for region in ("train", "test"):
