@@ -164,6 +164,15 @@ ROWS = [
     Row("load_terrain seed 1.5", lambda c: terrain.load_terrain("synthetic", "train", center_lonlat=(12.0, 47.2),
                                                                  size_km=2, seed=1.5), ValueError,
         "seed must be an integer >= 0, got 1.5"),
+    Row("probe seeds [1.5]", lambda c: _probe(c, seeds=[1.5]), ValueError, "seeds[0] must be an integer >= 0, got 1.5"),
+    Row("probe seeds 2.5 (a count)", lambda c: _probe(c, seeds=2.5), ValueError,
+        "seeds (a count) must be an integer >= 1, got 2.5"),
+    # ---- classes='peak' is never the classes 'p', 'e', 'a', 'k'
+    Row("read_labels classes='peak'", lambda c: labels.read_labels(c.labels_dir("one", GOOD_LABELS), classes="peak"),
+        ValueError, "classes='peak' is one string, not a list of class names; write ['peak']"),
+    Row("derive_labels classes='peak'", lambda c: labels.derive_labels(c.terrain, classes="peak"), ValueError,
+        "classes='peak' is one string"),
+    Row("probe classes='peak'", lambda c: _probe(c, classes="peak"), ValueError, "classes='peak' is one string"),
     # ---- regions, windows and CRSs
     Row("region_lonlat of 3 numbers", lambda c: terrain.load_terrain(
         "synthetic", "mine", center_lonlat=(12.0, 47.2), size_km=2, region_lonlat=[11, 46, 13]), ValueError,
@@ -252,6 +261,14 @@ ROWS = [
                                                                out_path=c.tmp / "cuda.pt", progress=False),
         ValueError, "CUDA is not available", needs_no_cuda=True),
 ]
+
+
+def _probe(c: Ctx, **kw):
+    from topo2vec_lib.models.identity import IdEmbedder
+
+    args = dict(classes=["peak"], n_train=2, n_test=2, seeds=1)
+    return evaluation.run_probe_experiment({"id": IdEmbedder()}, {"train": c.sampler, "test": c.sampler},
+                                           GOOD_LABELS, **{**args, **kw}, progress=False)
 
 
 def _quiet(fn, *a, **kw):
@@ -345,8 +362,8 @@ PARAM_ROWS = [
              "expected an even integer >= 2"),
     ParamRow("an odd balanced set", "exp2", "n_test", 101, "exp2.n_test=101: expected an even integer"),
     ParamRow("probe reference not probed", "exp1", "reference", "cnn2", "reference='cnn2' is not one of models"),
-    ParamRow("probe of a model that is not trained", "exp2", "models", ["topo2vec-4", "topo2vec-8"], "exp2.models names "
-             "model 'topo2vec-8', which is not in `models`", notebook=False),
+    ParamRow("probe of a model that is not trained", "exp2", "models", ["topo2vec-4", "topo2vec-8"],
+             "exp2.models names model 'topo2vec-8', which is not in `models`", notebook=False),
     ParamRow("res_m neither a scale nor 'selected'", "exp1", "res_m", "best", "expected a positive pixel size in "
              "m/px or 'selected'"),
     ParamRow("box of 3 numbers", "exp3", "box_lonlat", [5.0, 45.0, 10.0], "exp3.box_lonlat=[5.0, 45.0, 10.0]"),

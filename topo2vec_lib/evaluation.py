@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from topo2vec_lib.grid import check_integer, check_seed
+
 EARTH_RADIUS_M = 6_371_008.8  # mean Earth radius (IUGG), metres
 PATCH_SIZE = 17               # pixels per side of every probe / scale-selection patch (paper 3.1)
 DEFAULT_MIN_NEG_DISTANCE_M = 150.0  # 5 pixels at the 30 m/px probe scale
@@ -216,18 +218,24 @@ def svm_probe(X_train, y_train, X_test, y_test, seed: int = 0, *,
 
 def _rng(seed: int, rep: int, cls: str) -> np.random.Generator:
     """The Generator of one (study seed, repetition, class): independent of which other classes run."""
-    return np.random.default_rng([int(seed), int(rep), zlib.crc32(str(cls).encode())])
+    return np.random.default_rng([check_seed(seed), check_seed(rep, "a seed of seeds"), zlib.crc32(str(cls).encode())])
+
+
+def _class_names(classes) -> list[str]:
+    """``classes`` as a list; a single string is an error (``'peak'`` is not the classes 'p', 'e', 'a', 'k')."""
+    if isinstance(classes, (str, bytes)):
+        raise ValueError(f"classes={classes!r} is one string, not a list of class names; write [{classes!r}]")
+    return list(classes)
 
 
 def _seed_list(seeds) -> list[int]:
-    if isinstance(seeds, (int, np.integer)):
-        if seeds < 1:
-            raise ValueError(f"seeds must be >= 1 (a count) or a list of ints, got {seeds}")
-        return list(range(int(seeds)))
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds is an empty list; give a count >= 1 or a list of ints")
-    return seeds
+    """A count of seeds (``range(seeds)``) or a list of integer seeds; 1.5 is an error, never truncated."""
+    if isinstance(seeds, (list, tuple, np.ndarray)):
+        values = [check_seed(s, f"seeds[{i}]") for i, s in enumerate(seeds)]
+        if not values:
+            raise ValueError("seeds is an empty list; give a count >= 1 or a list of ints")
+        return values
+    return list(range(check_integer("seeds (a count)", seeds, 1)))
 
 
 def _res_for(res_m, cls: str) -> float:
@@ -270,7 +278,7 @@ def run_probe_experiment(embedders: Mapping, samplers: Mapping, labels: pd.DataF
             raise ValueError(f"samplers needs keys 'train' and 'test', got {sorted(samplers)}")
     seed_values = _seed_list(seeds)
     rows = []
-    jobs = [(s, c) for s in seed_values for c in classes]
+    jobs = [(s, c) for s in seed_values for c in _class_names(classes)]
     for s, cls in tqdm(jobs, desc="probe seeds x classes", disable=not progress):
         scale = _res_for(res_m, cls)
         fit = coarsest_res_m(embedders.values(), scale)
@@ -441,7 +449,7 @@ def scale_selection(sampler_train, labels: pd.DataFrame, classes: Sequence[str],
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     seed_values = _seed_list(seeds)
     rows = []
-    jobs = [(c, s) for c in classes for s in seed_values]
+    jobs = [(c, s) for c in _class_names(classes) for s in seed_values]
     for cls, s in tqdm(jobs, desc="scale selection classes x seeds", disable=not progress):
         rng = _rng(seed, s, cls)
         lon, lat, y = probe_dataset(labels, cls, region, n, sampler_train, rng, res_m=scales[-1],

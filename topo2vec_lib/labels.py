@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -101,6 +101,18 @@ def get_class(name: str) -> LabelClass:
         raise ValueError(f"unknown label class {name!r}; valid classes: {sorted(CLASSES)}") from None
 
 
+def class_list(classes, what: str = "classes") -> list[str]:
+    """Class names (a list, tuple or other iterable of registry names) as a list; ValueError for a single string
+    (``classes='peak'`` is never read as the classes 'p', 'e', 'a', 'k'), a non-iterable or an unknown name."""
+    if isinstance(classes, (str, bytes)):
+        raise ValueError(f"{what}={classes!r} is one string, not a list of class names; write [{classes!r}]")
+    try:
+        names = list(classes)
+    except TypeError:
+        raise ValueError(f"{what}={classes!r}: expected a list of class names, e.g. ['peak', 'river']") from None
+    return [get_class(c).name for c in names]
+
+
 def classes_of(experiment: str) -> list[str]:
     """Class names of ``"exp1"`` or ``"exp2"`` in registry order."""
     names = [c.name for c in CLASSES.values() if c.experiment == experiment]
@@ -178,7 +190,7 @@ def check_source(source: str) -> str:
     return source
 
 
-def check_rule_order(params: dict) -> None:
+def check_rule_order(params: Mapping[str, Any]) -> None:
     """ValueError unless every range's minimum is at most its maximum (sinkhole areas, lift lengths)."""
     for lo, hi in _RULE_ORDER:
         if lo in params and hi in params and params[lo] > params[hi]:
@@ -672,7 +684,7 @@ def derive_cells(dem: np.ndarray, res_m: float, seed: int = 0, classes: Iterable
     p = rule_params(**params)
     seed = check_seed(seed)
     dem = _check_dem(dem, res_m)
-    names = list(CLASSES) if classes is None else [get_class(c).name for c in classes]
+    names = list(CLASSES) if classes is None else class_list(classes)
     cache: dict = {}
 
     def prom():
@@ -779,7 +791,7 @@ def write_labels(df: pd.DataFrame, out_dir: str | Path, classes: Iterable[str] |
     unknown = sorted(set(df["class"]) - set(CLASSES))
     if unknown:
         raise ValueError(f"label table holds unknown class(es) {unknown}; valid: {sorted(CLASSES)}")
-    names = list(CLASSES) if classes is None else [get_class(c).name for c in classes]
+    names = list(CLASSES) if classes is None else class_list(classes)
     out_dir = Path(out_dir)
     paths = []
     for name in names:
@@ -803,7 +815,7 @@ def read_labels(path: str | Path, classes: Iterable[str] | None = None, terrains
     from .osm import check_label_table, check_not_swapped
 
     path = Path(path)
-    names = None if classes is None else [get_class(c).name for c in classes]
+    names = None if classes is None else class_list(classes)
     if path.is_dir():
         if names is None:
             files = sorted(p for p in path.glob("*.parquet") if p.stem in CLASSES)

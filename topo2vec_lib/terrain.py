@@ -263,20 +263,22 @@ def _describe_file(root: Path, rel: str) -> str:
     if m is None:
         return f"file {rel}"
     name, i, j = m.group(1), int(m.group(2)), int(m.group(3))
-    shape = None
+    chunk: list | None = None
+    size: list = []
     try:
         if (root / name / "zarr.json").is_file():
             meta = json.loads((root / name / "zarr.json").read_text())
-            shape = meta["chunk_grid"]["configuration"]["chunk_shape"]
+            chunk, size = meta["chunk_grid"]["configuration"]["chunk_shape"], meta["shape"]
         elif (root / name / ".zarray").is_file():
-            shape = json.loads((root / name / ".zarray").read_text())["chunks"]
+            meta = json.loads((root / name / ".zarray").read_text())
+            chunk, size = meta["chunks"], meta["shape"]
     except (OSError, ValueError, KeyError, TypeError):
-        shape = None
-    if shape is None or len(shape) != 2:
+        chunk = None
+    if chunk is None or len(chunk) != 2 or len(size) != 2:
         return f"chunk ({i}, {j}) of {name!r} (file {rel})"
-    (h, w) = shape
-    return (f"chunk ({i}, {j}) of {name!r} (file {rel}: pixel rows {i * h}..{(i + 1) * h - 1}, "
-            f"columns {j * w}..{(j + 1) * w - 1})")
+    (h, w), (ny, nx) = chunk, size
+    return (f"chunk ({i}, {j}) of {name!r} (file {rel}: pixel rows {i * h}..{min((i + 1) * h, ny) - 1}, "
+            f"columns {j * w}..{min((j + 1) * w, nx) - 1})")
 
 
 def verify_store(path: str | os.PathLike) -> None:
