@@ -599,3 +599,27 @@ def test_killed_writers_leave_no_litter(tmp_path):
     with storage.atomic_path(target, is_dir=True) as tmp:
         tmp.mkdir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.zarr"]
+
+
+# ------------------------------------------------------------------------------------------------ the check stage
+@pytest.mark.slow
+def test_params_check_notebook(tmp_path, notebook_runner):
+    """The params_check stage's notebook: a valid file gives the same small record whatever its values (so it
+    never re-runs other stages by itself); a bad value fails naming it and writes nothing."""
+    import json
+
+    import papermill
+
+    out = tmp_path / "check.json"
+    notebook_runner("params_check", tmp_path / "nb", {"params_path": str(_write(tmp_path, tiny_params())),
+                                                      "out_path": str(out)})
+    record = json.loads(out.read_text())
+    assert record == {"params": "params.yaml", "sections": sorted(tiny_params()), "valid": True}
+    out.unlink()
+    bad = tiny_params()
+    bad["models"]["saumoco"]["temperature"] = 0
+    with pytest.raises(papermill.PapermillExecutionError, match=r"models.saumoco \(over the train section\): "
+                                                                r"temperature=0: expected a finite number > 0"):
+        notebook_runner("params_check", tmp_path / "nb", {"params_path": str(_write(tmp_path, bad)),
+                                                          "out_path": str(out)})
+    assert not out.exists()

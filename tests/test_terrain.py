@@ -264,3 +264,15 @@ def test_terrain_notebook_smoke(tmp_path, notebook_runner):
         assert m["elevation_min_m"] < m["elevation_mean_m"] < m["elevation_max_m"]
         assert 0.0 < m["slope_median_deg"] < 60.0 and 0.3 < m["hurst"] < 1.2
     assert metrics["train"]["elevation_mean_m"] != metrics["test"]["elevation_mean_m"]
+
+
+@pytest.mark.slow
+def test_terrain_notebook_checks_both_windows_before_writing(tmp_path, notebook_runner):
+    """A test window outside its polygon fails before the train terrain is written (it used to be written)."""
+    import papermill
+
+    params = dict(size_km=4, res_m=30, test_center=[12.0, 47.2], out_dir=str(tmp_path / "terrain"),
+                  plots_dir=str(tmp_path / "plots"), metrics_path=str(tmp_path / "metrics" / "terrain.json"))
+    with pytest.raises(papermill.PapermillExecutionError, match="not inside region 'test'"):
+        notebook_runner("terrain", tmp_path / "nb", params)
+    assert not (tmp_path / "terrain").exists() and not (tmp_path / "metrics").exists()
