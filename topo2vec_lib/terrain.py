@@ -344,7 +344,9 @@ def open_terrain(path, chunks=None, verify: bool = True) -> xr.DataArray:
             meta = json.loads(da.attrs["topo2vec"])
             da = da.drop_vars("spatial_ref", errors="ignore")
         else:
-            ds = xr.open_zarr(path, chunks=chunks, consolidated=False)
+            with warnings.catch_warnings():   # zarr lists the manifest as "not a component of a Zarr hierarchy"
+                warnings.filterwarnings("ignore", message=f"Object at {re.escape(MANIFEST_NAME)} is not recognized")
+                ds = xr.open_zarr(path, chunks=chunks, consolidated=False)
             meta = json.loads(ds.attrs["topo2vec"])
             da = ds["elevation"]
         if chunks is None:
