@@ -43,8 +43,8 @@ import numpy as np
 from scipy import ndimage
 
 from topo2vec_lib import hydrology as H
-from topo2vec_lib.tiling import (FORWARD4, NpyArray, TileGrid, neighbour_views, perimeter_mask, read_window,
-                                 window_index)
+from topo2vec_lib.tiling import (FORWARD4, NpyArray, TileGrid, border_cells, neighbour_views, perimeter_mask,
+                                 read_window, window_index)
 
 OCEAN = -1          # node id of "outside": every real outlet
 _NONE = -2
@@ -58,15 +58,6 @@ class TiledRampError(ValueError):
 def _outlets(valid_w: np.ndarray) -> np.ndarray:
     """Valid cells next to nodata in a window padded with NaN beyond the raster (exact but for its outer ring)."""
     return valid_w & ndimage.binary_dilation(~valid_w, structure=np.ones((3, 3), bool))
-
-
-def _border_cells(valid_w: np.ndarray) -> np.ndarray:
-    """``(th, tw)`` bool of a tile read with a 1-cell halo: valid tile cells with a valid neighbour outside."""
-    ring = ~np.pad(np.ones((valid_w.shape[0] - 2, valid_w.shape[1] - 2), bool), 1)
-    out = np.zeros((valid_w.shape[0] - 2, valid_w.shape[1] - 2), bool)
-    for _, _, nb in neighbour_views(valid_w & ring):
-        out |= nb
-    return out & valid_w[1:-1, 1:-1]
 
 
 def _dedupe_min(a: np.ndarray, b: np.ndarray, w: np.ndarray, n: int):
@@ -92,7 +83,7 @@ def _fill_tree_tile(tile, src, shape) -> dict:
     valid_w = np.isfinite(zw)
     outlet_w = _outlets(valid_w)
     z, valid, outlet_g, g = zw[2:-2, 2:-2], valid_w[2:-2, 2:-2], outlet_w[2:-2, 2:-2], gw[2:-2, 2:-2]
-    border = _border_cells(valid_w[1:-1, 1:-1]) & ~outlet_g
+    border = border_cells(valid_w[1:-1, 1:-1]) & ~outlet_g
     outlet_t = valid & (perimeter_mask(z.shape) | outlet_g)
     zz = np.where(valid, z, np.nan)
     # raise one-cell pits to their lowest neighbour (never above their level; keeps terminal minimax distances)

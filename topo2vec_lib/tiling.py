@@ -130,6 +130,17 @@ def neighbour_views(a: np.ndarray):
     return [(dy, dx, a[1 + dy:ny - 1 + dy, 1 + dx:nx - 1 + dx]) for dy, dx in OFFSETS8]
 
 
+def border_cells(valid_w: np.ndarray) -> np.ndarray:
+    """``(th, tw)`` bool for a tile read with a 1-cell halo ``valid_w (th + 2, tw + 2)``: valid tile cells with a
+    valid 8-neighbour outside the tile (the only cells through which anything crosses the tile's border)."""
+    th, tw = valid_w.shape[0] - 2, valid_w.shape[1] - 2
+    ring = ~np.pad(np.ones((th, tw), bool), 1)
+    out = np.zeros((th, tw), bool)
+    for _, _, nb in neighbour_views(valid_w & ring):
+        out |= nb
+    return out & valid_w[1:-1, 1:-1]
+
+
 # --------------------------------------------------------------------------------------------------
 # sources and scratch stores
 # --------------------------------------------------------------------------------------------------
