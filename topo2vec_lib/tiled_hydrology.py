@@ -377,20 +377,34 @@ def local_flow(tile, ramped, shape, res_m: float) -> LocalFlow:
 
 
 def path_sums(succ: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Sum of int64 ``weights (k, n)`` along each node's path ``succ`` (-1 = end), own weight included.
+    """Sum of int64 ``weights (k, n)`` over each node's path ``succ`` (-1 = end), own and last node included.
 
-    Pointer jumping (O(n log path length)); exact for integers, so the order of the sums does not matter.
+    Pointer jumping (O(n log path length)): ``tot[c]`` holds the sum from ``c`` up to (not including) its
+    pointer, which doubles its reach each round. Exact for integers, so the order of the sums does not matter.
     """
-    n = succ.size
-    idx = np.arange(n)
-    ptr = np.where(succ >= 0, succ, idx)
-    tot = np.array(weights, dtype=np.int64, copy=True).reshape(-1, n)
-    while True:
-        nxt = ptr[ptr]
-        tot = tot + np.where(ptr != idx, tot[:, ptr], 0)
-        if np.array_equal(nxt, ptr):
-            return tot
-        ptr = nxt
+    ptr = np.asarray(succ, np.int64).copy()
+    tot = np.array(weights, dtype=np.int64, copy=True).reshape(-1, ptr.size)
+    live = np.flatnonzero(ptr >= 0)
+    while live.size:
+        nxt = ptr[live]
+        tot[:, live] += tot[:, nxt]
+        ptr[live] = ptr[nxt]
+        live = live[ptr[live] >= 0]
+    return tot
+
+
+def downstream_steps(receivers: np.ndarray, shape) -> np.ndarray:
+    """Orthogonal and diagonal D8 step counts ``(2, ny * nx)`` int64 from each cell to the end of its path.
+
+    ``receivers``: flat global indices as ``hydrology.d8_receivers`` (-1 = none) on a raster of ``shape``.
+    """
+    rec = np.asarray(receivers, np.int64).ravel()
+    nx = int(shape[1])
+    idx = np.arange(rec.size)
+    has = rec >= 0
+    r = np.where(has, rec, idx)
+    diag = has & (r // nx != idx // nx) & (r % nx != idx % nx)
+    return path_sums(rec, np.stack([has & ~diag, diag]).astype(np.int64))
 
 
 def _local_steps(flow: LocalFlow) -> tuple[np.ndarray, np.ndarray]:

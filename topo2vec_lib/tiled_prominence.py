@@ -113,7 +113,7 @@ def _prominence_tile(tile, src, shape, min_prominence_m: float | None = None) ->
     is_open = [False] * nb_ + [True] * bc.size
     gmin = minz.tolist() + [np.inf] * bc.size
     zl, gl = zf.tolist(), gf.tolist()
-    res_p, res_prom, res_col = [], [], []
+    res_p, res_prom, res_col, res_cz = [], [], [], []
     out_u, out_v, out_c = [], [], []
 
     def find(i):
@@ -133,6 +133,7 @@ def _prominence_tile(tile, src, shape, min_prominence_m: float | None = None) ->
                 res_p.append(loser)
                 res_prom.append(zl[loser] - zl[c])
                 res_col.append(gl[c])
+                res_cz.append(zl[c])
                 if rep[lo] == gl[loser]:
                     rep[lo] = _NONE
         if rep[ra] != _NONE and rep[rb] != _NONE and rep[ra] != rep[rb]:
@@ -158,15 +159,17 @@ def _prominence_tile(tile, src, shape, min_prominence_m: float | None = None) ->
             res_p.append(top[i])
             res_prom.append(zl[top[i]] - gmin[i])
             res_col.append(-1)
+            res_cz.append(np.nan)
     res_p = np.asarray(res_p, np.int64)
     res_prom = np.asarray(res_prom, np.float64)
     res_col = np.asarray(res_col, np.int64)
+    res_cz = np.asarray(res_cz, np.float64)
     resolved = np.zeros(n, bool)
     resolved[res_p] = True
     unres = np.flatnonzero(is_peak & ~resolved)
     if min_prominence_m is not None:
         keep = res_prom >= min_prominence_m
-        res_p, res_prom, res_col = res_p[keep], res_prom[keep], res_col[keep]
+        res_p, res_prom, res_col, res_cz = res_p[keep], res_prom[keep], res_col[keep], res_cz[keep]
     # pairs across the tile border: col = the lower cell of the pair
     inside = np.zeros(zw.shape, bool)
     inside[1:-1, 1:-1] = True
@@ -182,20 +185,21 @@ def _prominence_tile(tile, src, shape, min_prominence_m: float | None = None) ->
         cz.append(np.where(a_low, z[m], nz[m]))
     c_loc = np.asarray(out_c, np.int64)
     return {"peak": gf[res_p], "prominence_m": res_prom, "col": res_col, "interior": interior[res_p],
+            "z": zf[res_p], "col_z": res_cz,
             "open_peak": gf[unres], "open_z": zf[unres], "open_interior": interior[unres],
             "u": np.concatenate([np.asarray(out_u, np.int64)] + cu),
             "v": np.concatenate([np.asarray(out_v, np.int64)] + cv),
-            "col_g": np.concatenate([gf[c_loc]] + cc), "col_z": np.concatenate([zf[c_loc]] + cz),
+            "edge_col": np.concatenate([gf[c_loc]] + cc), "edge_z": np.concatenate([zf[c_loc]] + cz),
             "mins_rep": np.asarray(mins_rep, np.int64), "mins_z": np.asarray(mins_z, np.float64)}
 
 
-def _global_sweep(parts: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Prominence and col of the peaks left open by the tiles: ``(peak, prominence_m, col)``."""
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("open_peak", "open_z", "u", "v", "col_g", "col_z",
+def _global_sweep(parts: list[dict]):
+    """Prominence and col of the peaks left open by the tiles: ``(peak, prominence_m, col, col_z)``."""
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("open_peak", "open_z", "u", "v", "edge_col", "edge_z",
                                                             "mins_rep", "mins_z")}
     peaks, pz = cat["open_peak"], cat["open_z"]
     if peaks.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0)
     nodes = np.unique(np.concatenate([peaks, cat["u"], cat["v"], cat["mins_rep"]]))
     n = nodes.size
     pi = np.searchsorted(nodes, peaks)
@@ -207,15 +211,16 @@ def _global_sweep(parts: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     top_rank[pi] = prank
     gmin = np.full(n, np.inf)
     np.minimum.at(gmin, np.searchsorted(nodes, cat["mins_rep"]), cat["mins_z"])
-    o = np.lexsort((cat["col_g"], cat["col_z"]))[::-1]
+    o = np.lexsort((cat["edge_col"], cat["edge_z"]))[::-1]
     ea = np.searchsorted(nodes, cat["u"][o]).tolist()
     eb = np.searchsorted(nodes, cat["v"][o]).tolist()
-    ecg, ecz = cat["col_g"][o].tolist(), cat["col_z"][o].tolist()
+    ecg, ecz = cat["edge_col"][o].tolist(), cat["edge_z"][o].tolist()
     parent = list(range(n))
     top, top_rank, gmin = top.tolist(), top_rank.tolist(), gmin.tolist()
     pzl = pz.tolist()
     prom = np.full(peaks.size, np.nan)
     col = np.full(peaks.size, -1, np.int64)
+    col_z = np.full(peaks.size, np.nan)
 
     def find(i):
         while parent[i] != i:
@@ -232,6 +237,7 @@ def _global_sweep(parts: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray
             loser = top[lo]
             prom[loser] = pzl[loser] - cz
             col[loser] = cg
+            col_z[loser] = cz
         parent[rb] = ra
         if top_rank[rb] > top_rank[ra]:
             top[ra], top_rank[ra] = top[rb], top_rank[rb]
@@ -239,30 +245,28 @@ def _global_sweep(parts: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     for i in range(n):
         if parent[i] == i and top[i] >= 0:
             prom[top[i]] = pzl[top[i]] - gmin[i]
-    return peaks, prom, col
+    return peaks, prom, col, col_z
 
 
-def tiled_prominence(src, grid: TileGrid, runner, min_prominence_m: float | None = None,
-                     with_interior: bool = False):
+def tiled_prominence(src, grid: TileGrid, runner, min_prominence_m: float | None = None, details: bool = False):
     """Every local maximum of ``src`` with its prominence (m) and key col, as ``labels.topographic_prominence``.
 
     Returns :class:`~topo2vec_lib.labels.Prominence` (global flat indices, sorted by peak). With
     ``min_prominence_m`` only peaks at least that prominent are returned (the rest is dropped tile by tile).
-    With ``with_interior`` also a ``(P,)`` bool: the peak is neither on the raster edge nor next to nodata.
+    With ``details`` also a dict of ``(P,)`` arrays: ``interior`` (neither on the raster edge nor next to
+    nodata), ``z`` (the peak's elevation, m) and ``col_z`` (the col's, NaN without col).
     """
     parts = runner.map(_prominence_task, grid.tiles, src=src, shape=grid.shape, min_prominence_m=min_prominence_m)
-    gp, gprom, gcol = _global_sweep(parts)
-    g_int = np.concatenate([p["open_interior"] for p in parts]) if parts else np.zeros(0, bool)
-    peak = np.concatenate([p["peak"] for p in parts] + [gp])
-    prom = np.concatenate([p["prominence_m"] for p in parts] + [gprom])
-    col = np.concatenate([p["col"] for p in parts] + [gcol])
-    interior = np.concatenate([p["interior"] for p in parts] + [g_int])
-    if min_prominence_m is not None:
-        keep = prom >= min_prominence_m
-        peak, prom, col, interior = peak[keep], prom[keep], col[keep], interior[keep]
-    o = np.argsort(peak)
-    out = Prominence(peak[o], prom[o], col[o])
-    return (out, interior[o]) if with_interior else out
+    gp, gprom, gcol, gcz = _global_sweep(parts)
+    cols = {k: np.concatenate([p[a] for p in parts] + [g]) for k, a, g in (
+        ("peak", "peak", gp), ("prominence_m", "prominence_m", gprom), ("col", "col", gcol),
+        ("col_z", "col_z", gcz),
+        ("interior", "interior", np.concatenate([p["open_interior"] for p in parts])),
+        ("z", "z", np.concatenate([p["open_z"] for p in parts])))}
+    keep = np.ones(cols["peak"].size, bool) if min_prominence_m is None else cols["prominence_m"] >= min_prominence_m
+    o = np.flatnonzero(keep)[np.argsort(cols["peak"][keep])]
+    out = Prominence(cols["peak"][o], cols["prominence_m"][o], cols["col"][o])
+    return (out, {k: cols[k][o] for k in ("interior", "z", "col_z")}) if details else out
 
 
 def _prominence_task(tile, src, shape, min_prominence_m):

@@ -298,6 +298,7 @@ class TileRunner:
     def __init__(self, scheduler=None, n_workers: int | None = None, memory_limit="auto"):
         self.client = None
         self._own = []
+        self._scattered: dict[int, tuple] = {}
         if scheduler == "sync":
             return
         from dask.distributed import Client, LocalCluster
@@ -329,14 +330,23 @@ class TileRunner:
             return [fn(item, **shared) for item in items]
         if not items:
             return []
-        scattered = {k: self.client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()}
+        scattered = {k: self._scatter(v) for k, v in shared.items()}
         futures = self.client.map(fn, items, pure=False, **scattered)
         try:
             return self.client.gather(futures)
         finally:
             del futures
 
+    def _scatter(self, value):
+        """A future of ``value`` on every worker, sent once per object for the runner's lifetime."""
+        hit = self._scattered.get(id(value))
+        if hit is None or hit[0] is not value:
+            hit = (value, self.client.scatter(value, broadcast=True, hash=False))
+            self._scattered[id(value)] = hit
+        return hit[1]
+
     def close(self) -> None:
+        self._scattered = {}
         for obj in self._own:
             obj.close()
         self._own = []
