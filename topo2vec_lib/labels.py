@@ -16,6 +16,7 @@ Every rule has a function taking a numpy DEM ``(ny, nx)`` in metres (NaN = nodat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -579,6 +580,13 @@ def aerialway_reach_px(res_m: float, max_length_m: float) -> int:
     return int(np.ceil(max_length_m / res_m))
 
 
+@functools.lru_cache(maxsize=8)
+def _offset_distance_m(res_m: float, reach: int) -> np.ndarray:
+    """``(2 reach + 1, 2 reach + 1)`` metres from the centre cell to each cell of the square around it."""
+    d = np.arange(-reach, reach + 1)
+    return res_m * np.hypot(d[:, None], d[None, :])
+
+
 def aerialway_line(dem_w: np.ndarray, slope_w: np.ndarray, origin, shape, res_m: float, key: int, r: int, c: int,
                    min_gain_m: float, min_length_m: float, max_length_m: float,
                    max_slope_deg: float) -> tuple[int, int, int, int] | None:
@@ -598,8 +606,7 @@ def aerialway_line(dem_w: np.ndarray, slope_w: np.ndarray, origin, shape, res_m:
     ur, uc = np.unravel_index(np.argmin(s_win), s_win.shape)
     ur, uc = int(ur + r0), int(uc + c0)
     r0, r1, c0, c1 = max(0, r - rmax), min(ny, r + rmax + 1), max(0, c - rmax), min(nx, c + rmax + 1)
-    rr, cc = np.mgrid[r0:r1, c0:c1]
-    dist_m = res_m * np.hypot(rr - r, cc - c)
+    dist_m = _offset_distance_m(float(res_m), rmax)[r0 - r + rmax:r1 - r + rmax, c0 - c + rmax:c1 - c + rmax]
     win = (slice(r0 - o_r, r1 - o_r), slice(c0 - o_c, c1 - o_c))
     with np.errstate(invalid="ignore"):
         ok = ((dist_m >= min_length_m) & (dist_m <= max_length_m) & (slope_w[win] <= max_slope_deg)
@@ -608,8 +615,8 @@ def aerialway_line(dem_w: np.ndarray, slope_w: np.ndarray, origin, shape, res_m:
     if cand.size == 0:
         return None
     u = keyed_uniform(key ^ 0x5DEECE66D, [r], [c])[0]
-    pick = cand[min(int(u * cand.size), cand.size - 1)]
-    return ur, uc, int(rr.ravel()[pick]), int(cc.ravel()[pick])
+    pick = int(cand[min(int(u * cand.size), cand.size - 1)])
+    return ur, uc, r0 + pick // (c1 - c0), c0 + pick % (c1 - c0)
 
 
 def pick_lines(lines, n_stations: int) -> tuple[np.ndarray, np.ndarray]:

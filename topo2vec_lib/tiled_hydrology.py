@@ -245,55 +245,59 @@ def _flat_tile(tile, filled: NpyArray, ramped: NpyArray, shape, halo_gidx, halo_
         adj |= fnb & (hnb == f1)
     seed = adj & valid1 & ~flat1
     halo_src = adj & flat1 & ~in_t
-    ny1, nx1 = f1.shape
-    dist = np.full(f1.size, _BIG, np.int64)
-    src_cells = [np.flatnonzero(seed)]
-    src_d = [np.zeros(src_cells[0].size, np.int64)]
     uses = g1[halo_src]
+    src_cells, src_d = [np.flatnonzero(seed)], [np.zeros(int(seed.sum()), np.int64)]
     if uses.size:
-        known = np.full(uses.size, _BIG, np.int64)
-        if halo_gidx.size:
-            pos = np.minimum(np.searchsorted(halo_gidx, uses), halo_gidx.size - 1)
-            hit = halo_gidx[pos] == uses
-            known[hit] = halo_dist[pos[hit]]
+        known = _lookup(halo_gidx, halo_dist, uses)[1]
         ok = known < _BIG
         src_cells.append(np.flatnonzero(halo_src)[ok])
         src_d.append(known[ok])
-    sc, sd = np.concatenate(src_cells), np.concatenate(src_d)
-    order = np.argsort(sd, kind="stable")
-    sc, sd = sc[order], sd[order]
-    f1f, tflatf = f1.ravel(), tflat.ravel()
-    resolved = ~tflatf
-    level = int(sd[0]) if sd.size else 0
-    i = 0
-    frontier = np.zeros(0, np.int64)
-    while True:
-        j = int(np.searchsorted(sd, level, side="right"))
-        frontier = np.concatenate([frontier, sc[i:j]])
-        i = j
-        if frontier.size == 0:
-            if i >= sd.size:
-                break
-            level = int(sd[i])
-            continue
-        fi, fj = np.divmod(frontier, nx1)
-        found = []
-        for dy, dx in H._OFFSETS:
-            ni, nj = fi + dy, fj + dx
-            ok = (ni >= 0) & (ni < ny1) & (nj >= 0) & (nj < nx1)
-            nb, fr = ni[ok] * nx1 + nj[ok], frontier[ok]
-            sel = tflatf[nb] & ~resolved[nb] & (f1f[nb] == f1f[fr])
-            found.append(nb[sel])
-        frontier = H._unique(np.concatenate(found))
-        level += 1
-        resolved[frontier] = True
-        dist[frontier] = level
+    dist = _flat_bfs(tflat, f1, np.concatenate(src_cells), np.concatenate(src_d))
     d_t = dist.reshape(f1.shape)[1:-1, 1:-1]
     tf = tflat[1:-1, 1:-1]
     ramp = np.where(tf & (d_t < _BIG), d_t, 0)
     ramped.write(tile.r0, tile.c0, np.where(valid, H._from_ordinal(k + ramp), np.nan))
     per = tf & perimeter_mask(tf.shape)
     return {"gidx": g1[1:-1, 1:-1][per], "dist": d_t[per], "uses": np.sort(uses), "has_flat": True}
+
+
+def _flat_bfs(tflat: np.ndarray, f: np.ndarray, sources: np.ndarray, d0: np.ndarray) -> np.ndarray:
+    """Step distance ``(n,)`` int64 of each ``tflat`` cell from ``sources`` (flat indices, starting at ``d0``)
+    through 8-adjacent ``tflat`` cells of equal level ``f``; ``_BIG`` where unreached.
+
+    ``min over sources s of d0(s) + steps(s -> cell)``: a breadth-first search with staggered starts,
+    done as Dijkstra (unit weights, so float sums are exact) from a virtual node joined to each source.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    ny, nx = f.shape
+    n = f.size
+    dist = np.full(n, _BIG, np.int64)
+    if sources.size == 0 or not tflat.any():
+        return dist
+    node = np.zeros(n, bool)
+    node[sources] = True
+    node |= tflat.ravel()
+    node2 = node.reshape(ny, nx)
+    a_l, b_l = [], []
+    idx = np.arange(n, dtype=np.int64).reshape(ny, nx)
+    for dy, dx in H._OFFSETS:             # edge a -> b: b a flat cell next to a node of the same level
+        b2 = H._shift(tflat, dy, dx, False)
+        fb = H._shift(f, dy, dx, np.nan)
+        m = node2 & b2 & (fb == f)
+        a_l.append(idx[m])
+        b_l.append(idx[m] + dy * nx + dx)
+    a, b = np.concatenate(a_l), np.concatenate(b_l)
+    w = np.ones(a.size + sources.size)
+    w[a.size:] = d0 + 1.0
+    rows = np.concatenate([a, np.full(sources.size, n)])
+    cols = np.concatenate([b, sources])
+    g = csr_matrix((w, (rows, cols)), shape=(n + 1, n + 1))
+    d = dijkstra(g, directed=True, indices=n, min_only=True)[:n]
+    reached = np.isfinite(d) & tflat.ravel()
+    dist[reached] = d[reached].astype(np.int64) - 1
+    return dist
 
 
 def _ramp_flats(grid: TileGrid, filled: NpyArray, ramped: NpyArray, runner, max_rounds: int = 10_000) -> bool:
@@ -377,20 +381,27 @@ def local_flow(tile, ramped, shape, res_m: float) -> LocalFlow:
 
 
 def path_sums(succ: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Sum of int64 ``weights (k, n)`` over each node's path ``succ`` (-1 = end), own and last node included.
+    """Sum of non-negative int ``weights (k, n)`` over each node's path ``succ`` (-1 = end), own and last node
+    included; ``(k, n)`` int64. Each row's totals must stay below 2**31 (rows are packed into one int64).
 
     Pointer jumping (O(n log path length)): ``tot[c]`` holds the sum from ``c`` up to (not including) its
     pointer, which doubles its reach each round. Exact for integers, so the order of the sums does not matter.
     """
     ptr = np.asarray(succ, np.int64).copy()
-    tot = np.array(weights, dtype=np.int64, copy=True).reshape(-1, ptr.size)
+    w = np.asarray(weights, np.int64).reshape(-1, ptr.size)
+    k = w.shape[0]
+    bits = 62 // k
+    tot = np.zeros(ptr.size, np.int64)
+    for i in range(k):
+        tot += w[i] << (bits * i)
     live = np.flatnonzero(ptr >= 0)
     while live.size:
         nxt = ptr[live]
-        tot[:, live] += tot[:, nxt]
+        tot[live] += tot[nxt]
         ptr[live] = ptr[nxt]
         live = live[ptr[live] >= 0]
-    return tot
+    mask = (1 << bits) - 1
+    return np.stack([(tot >> (bits * i)) & mask for i in range(k)])
 
 
 def downstream_steps(receivers: np.ndarray, shape) -> np.ndarray:

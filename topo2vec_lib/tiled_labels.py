@@ -508,7 +508,7 @@ def _aerialway(src, grid, runner, res_m, seed, tops, tops_z, q_top, valid_km2, p
     order = np.argsort(L.keyed_uniform(key, tr, tc), kind="stable")
     tr, tc = tr[order], tc[order]
     lines: list = []
-    batch = 4 * n_lines + 16
+    batch = 2 * n_lines + 16
     while True:
         lo, hi = len(lines), min(tr.size, len(lines) + batch)
         pos = np.arange(lo, hi)

@@ -207,7 +207,6 @@ class NpyArray:
     def write(self, r0: int, c0: int, values: np.ndarray) -> None:
         mm = self._map()
         mm[r0:r0 + values.shape[0], c0:c0 + values.shape[1]] = values
-        mm.flush()
 
     def load(self) -> np.ndarray:
         """The whole array in memory (small rasters and tests only)."""
