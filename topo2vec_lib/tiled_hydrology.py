@@ -545,6 +545,7 @@ def tiled_hydrology(src, res_m: float, grid: TileGrid, runner, workdir) -> Tiled
     if not (np.isfinite(res_m) and res_m > 0):
         raise ValueError(f"res_m must be a positive number of metres per pixel, got {res_m!r}")
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     shape = grid.shape
     trees = runner.map(_tree_task, grid.tiles, src=src, shape=shape)
     nodes, level = _solve_spill(trees)

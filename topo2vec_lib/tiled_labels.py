@@ -258,19 +258,19 @@ def _hydro_tile(tile, src, ramped, shape, res_m, sol, p, need) -> dict:
     return out
 
 
-def _hut_tile(tile, src, shape, res_m, key, tau, thr, peaks, peak_z, cols, p):
+def _hut_tile(tile, src, shape, res_m, rkey, tau, thr, peaks, peak_z, cols, p):
     """Hut candidates of a tile with a draw >= ``tau``: global flat index and draw; and the candidate count."""
     dem = read_window(src, tile.r0, tile.r1, tile.c0, tile.c1)
     slope, origin = slope_window(src, tile.r0, tile.r1, tile.c0, tile.c1, res_m)
     rows, cols_ = L.hut_candidates(dem, np.nan_to_num(slope, nan=90.0), origin, res_m, thr, peaks, peak_z, cols,
                                    p["hut_max_slope_deg"], p["hut_near_col_m"], p["hut_near_peak_m"],
                                    p["hut_below_peak_m"])
-    u = L.keyed_uniform(key, rows, cols_)
+    u = L.keyed_uniform(rkey, rows, cols_)
     keep = u >= tau
     return {"gidx": rows[keep] * shape[1] + cols_[keep], "u": u[keep], "n": rows.size}
 
 
-def _line_tile(task, src, shape, res_m, key, p):
+def _line_tile(task, src, shape, res_m, rkey, p):
     """Lift lines from the tops of one tile: ``(top position in the visit order, (ur, uc, lr, lc) or None)``."""
     tile, pos, tr, tc = task
     if pos.size == 0:
@@ -280,7 +280,7 @@ def _line_tile(task, src, shape, res_m, key, p):
     dem, origin = read_clipped(src, max(r0, 0), min(r1, shape[0]), max(c0, 0), min(c1, shape[1]))
     slope, _ = slope_window(src, r0, r1, c0, c1, res_m)
     slope = np.nan_to_num(slope, nan=90.0)
-    return [(int(k), L.aerialway_line(dem, slope, origin, shape, res_m, key, int(r), int(c),
+    return [(int(k), L.aerialway_line(dem, slope, origin, shape, res_m, rkey, int(r), int(c),
                                       p["aerialway_min_gain_m"], p["aerialway_min_length_m"],
                                       p["aerialway_max_length_m"], p["aerialway_max_slope_deg"]))
             for k, r, c in zip(pos, tr, tc)]
@@ -481,7 +481,7 @@ def _huts(src, grid, runner, res_m, seed, peaks, peak_z, cols, q_hut, valid_km2,
     n_valid = valid_km2 * 1e6 / (res_m * res_m)
     tau = max(0.0, 1.0 - 16.0 * n_huts / max(n_valid, 1.0))
     while True:
-        parts = runner.map(_hut_task, grid.tiles, src=src, res_m=res_m, key=key, tau=tau, thr=q_hut, peaks=peaks,
+        parts = runner.map(_hut_task, grid.tiles, src=src, res_m=res_m, rkey=key, tau=tau, thr=q_hut, peaks=peaks,
                            peak_z=peak_z, cols=cols, p=p)
         g, u = _cat(parts, "gidx", np.int64), _cat(parts, "u", np.float64)
         o = np.argsort(g, kind="stable")
@@ -493,8 +493,8 @@ def _huts(src, grid, runner, res_m, seed, peaks, peak_z, cols, q_hut, valid_km2,
         tau = max(0.0, 1.0 - 4.0 * (1.0 - tau)) if tau > 0.75 else 0.0
 
 
-def _hut_task(tile, src, res_m, key, tau, thr, peaks, peak_z, cols, p):
-    return _hut_tile(tile, src, src.shape, res_m, key, tau, thr, peaks, peak_z, cols, p)
+def _hut_task(tile, src, res_m, rkey, tau, thr, peaks, peak_z, cols, p):
+    return _hut_tile(tile, src, src.shape, res_m, rkey, tau, thr, peaks, peak_z, cols, p)
 
 
 def _aerialway(src, grid, runner, res_m, seed, tops, tops_z, q_top, valid_km2, p):
@@ -515,7 +515,7 @@ def _aerialway(src, grid, runner, res_m, seed, tops, tops_z, q_top, valid_km2, p
         split = grid.split(tr[lo:hi] * grid.shape[1] + tc[lo:hi], pos)
         tasks = [(t, split[t.index][1], *_unravel(split[t.index][0], grid.shape)) for t in grid.tiles
                  if split[t.index][0].size]
-        found = dict(x for part in runner.map(_line_task, tasks, src=src, res_m=res_m, key=key, p=p) for x in part)
+        found = dict(x for part in runner.map(_line_task, tasks, src=src, res_m=res_m, rkey=key, p=p) for x in part)
         lines += [found[k] for k in range(lo, hi)]
         stations = L.pick_lines(lines, 2 * n_lines)
         if stations[0].size >= 2 * n_lines or hi == tr.size:
@@ -523,8 +523,8 @@ def _aerialway(src, grid, runner, res_m, seed, tops, tops_z, q_top, valid_km2, p
         batch *= 2
 
 
-def _line_task(task, src, res_m, key, p):
-    return _line_tile(task, src, src.shape, res_m, key, p)
+def _line_task(task, src, res_m, rkey, p):
+    return _line_tile(task, src, src.shape, res_m, rkey, p)
 
 
 def derive_labels_tiled(terrain, tile_px: int, seed: int = 0, classes: Iterable[str] | None = None,

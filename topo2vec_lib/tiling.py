@@ -285,6 +285,10 @@ def label8(mask: np.ndarray) -> tuple[np.ndarray, int]:
 # --------------------------------------------------------------------------------------------------
 # running tile work
 # --------------------------------------------------------------------------------------------------
+_CLIENT_MAP_KEYWORDS = {"key", "workers", "retries", "resources", "priority", "allow_other_workers",
+                        "fifo_timeout", "actor", "actors", "pure", "batch_size"}
+
+
 class TileRunner:
     """Maps a function over tiles here (``scheduler="sync"``) or on ``dask.distributed``.
 
@@ -325,6 +329,9 @@ class TileRunner:
     def map(self, fn: Callable, items: Iterable, **shared) -> list:
         """``[fn(item, **shared) for item in items]``, in order; ``shared`` values go to each worker once."""
         items = list(items)
+        reserved = sorted(set(shared) & _CLIENT_MAP_KEYWORDS)
+        if reserved:
+            raise ValueError(f"shared argument name(s) {reserved} clash with dask.distributed Client.map keywords")
         if self.client is None:
             return [fn(item, **shared) for item in items]
         if not items:
