@@ -249,3 +249,18 @@ def test_other_bad_inputs_are_named():
         derive_cells_tiled(np.zeros(20), RES, 10, scheduler="sync")
     with pytest.raises(ValueError, match="scheduler"):
         TileRunner(scheduler=3)
+
+
+def test_ties_go_to_the_first_cell_in_row_major_order():
+    values = np.array([5.0, 7.0, 7.0, 1.0, 7.0, 0.0])
+    labels = np.array([1, 1, 2, 2, 1, 0])
+    assert L.first_extreme(values, labels, [1, 2], largest=True).tolist() == [1, 2]
+    assert L.first_extreme(values, labels, [1, 2], largest=False).tolist() == [0, 3]
+
+
+def test_path_sums_counts_every_node_once():
+    from topo2vec_lib.tiled_hydrology import path_sums
+
+    succ = np.array([1, 2, -1, 2, 3, -1])          # 0 -> 1 -> 2, 4 -> 3 -> 2, 5 alone
+    w = np.array([[1, 2, 4, 8, 16, 32], [0, 1, 0, 1, 0, 1]])
+    assert path_sums(succ, w).tolist() == [[7, 6, 4, 12, 28, 32], [1, 1, 0, 1, 1, 1]]

@@ -122,16 +122,23 @@ def _keys(z: np.ndarray) -> np.ndarray:
 
 
 def _digit_task(tile, src, targets):
+    """For each ``(prefix, shift)``: the 16-bit digits at ``shift`` of the tile's keys under ``prefix``, as
+    sparse counts ``(digits, counts)`` (a tile holds few distinct digits; dense histograms would pile up)."""
     z = read_window(src, tile.r0, tile.r1, tile.c0, tile.c1)
     k = _keys(z[np.isfinite(z)])
     out = []
     for prefix, shift in targets:
-        if shift == 48:
-            sel = k
-        else:
-            sel = k[(k >> np.uint64(shift + 16)) == np.uint64(prefix)]
-        out.append(np.bincount(((sel >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.int64), minlength=65536))
+        sel = k if shift == 48 else k[(k >> np.uint64(shift + 16)) == np.uint64(prefix)]
+        out.append(np.unique(((sel >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.int64), return_counts=True))
     return out
+
+
+def _histogram(parts: list, i: int) -> np.ndarray:
+    """The dense 65536-bin histogram of target ``i`` summed over the tiles' sparse counts."""
+    h = np.zeros(65536, np.int64)
+    for part in parts:
+        np.add.at(h, part[i][0], part[i][1])
+    return h
 
 
 def tiled_nanquantile(src, grid: TileGrid, runner, qs) -> tuple[list[float], int]:
@@ -140,7 +147,7 @@ def tiled_nanquantile(src, grid: TileGrid, runner, qs) -> tuple[list[float], int
     The order statistics are found by a radix select over the tiles (4 passes of 16-bit digits of the
     order-preserving keys), then interpolated with numpy's own ``linear`` formula.
     """
-    hist = np.sum(runner.map(_digit_task, grid.tiles, src=src, targets=[(0, 48)]), axis=0)[0]
+    hist = _histogram(runner.map(_digit_task, grid.tiles, src=src, targets=[(0, 48)]), 0)
     n = int(hist.sum())
     if n == 0:
         return [float("nan")] * len(qs), 0
@@ -167,7 +174,7 @@ def tiled_nanquantile(src, grid: TileGrid, runner, qs) -> tuple[list[float], int
         targets = [(state[r][0], shift) for r in ranks]
         res = runner.map(_digit_task, grid.tiles, src=src, targets=targets)
         for i, r in enumerate(ranks):
-            descend(r, np.sum([h[i] for h in res], axis=0))
+            descend(r, _histogram(res, i))
     value = {r: float(H._from_ordinal(np.array([np.uint64(state[r][0]) ^ np.uint64(1 << 63)]).view(np.int64))[0])
              for r in ranks}
     out = []

@@ -172,9 +172,12 @@ class DataArraySource(ArraySource):
 
 
 class NpyArray:
-    """A ``.npy`` file memory-mapped on first use: a raster source and a scratch store tiles write into.
+    """A 2-D ``.npy`` file read and written by windows: a raster source, and a scratch store tiles write into.
 
-    Picklable by path, so Dask workers on the same machine (or a shared file system) open the same file.
+    Windows go through ``pread``/``pwrite`` of row segments, not a persistent memory map, so a process holds
+    only the windows it asked for (its resident memory stays bounded by the tile). Tiles write disjoint
+    windows, which is safe from several processes. Picklable by path: Dask workers on the same machine (or
+    a shared file system) open the same file.
     """
 
     def __init__(self, path, shape=None, dtype=None, fill=None):
@@ -185,32 +188,42 @@ class NpyArray:
                 mm[...] = fill
             mm.flush()
             del mm
-        head = np.load(self.path, mmap_mode="r")
-        self.shape, self.dtype = tuple(head.shape), head.dtype
-        self._mm = None
+        with open(self.path, "rb") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape_, fortran, dtype_ = read_header(fh)
+            self.offset = fh.tell()
+        if fortran or len(shape_) != 2:
+            raise ValueError(f"{self.path} must hold a C-order 2-D array, got shape {shape_}")
+        self.shape, self.dtype = tuple(int(v) for v in shape_), np.dtype(dtype_)
 
-    def __getstate__(self):
-        return {"path": self.path, "shape": self.shape, "dtype": self.dtype}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._mm = None
-
-    def _map(self):
-        if self._mm is None:
-            self._mm = np.load(self.path, mmap_mode="r+")
-        return self._mm
+    def _rows(self, r0, r1, c0, c1):
+        nx, size = self.shape[1], self.dtype.itemsize
+        for r in range(r0, r1):
+            yield r - r0, self.offset + (r * nx + c0) * size, (c1 - c0) * size
 
     def read(self, r0, r1, c0, c1, dtype=np.float64) -> np.ndarray:
-        return np.array(self._map()[r0:r1, c0:c1], dtype=dtype)
+        out = np.empty((r1 - r0, c1 - c0), self.dtype)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i, off, nbytes in self._rows(r0, r1, c0, c1):
+                out[i] = np.frombuffer(os.pread(fd, nbytes, off), self.dtype)
+        finally:
+            os.close(fd)
+        return out.astype(dtype, copy=False)
 
     def write(self, r0: int, c0: int, values: np.ndarray) -> None:
-        mm = self._map()
-        mm[r0:r0 + values.shape[0], c0:c0 + values.shape[1]] = values
+        values = np.ascontiguousarray(values, self.dtype)
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            for i, off, _ in self._rows(r0, r0 + values.shape[0], c0, c0 + values.shape[1]):
+                os.pwrite(fd, values[i].tobytes(), off)
+        finally:
+            os.close(fd)
 
     def load(self) -> np.ndarray:
         """The whole array in memory (small rasters and tests only)."""
-        return np.array(self._map())
+        return np.load(self.path)
 
 
 def as_source(obj):
