@@ -7,8 +7,9 @@ import pytest
 
 from topo2vec_lib import hydrology as H
 from topo2vec_lib import labels as L
+from topo2vec_lib.hydrology import downstream_steps
 from topo2vec_lib.synthetic import fbm
-from topo2vec_lib.tiled_hydrology import TiledRampError, downstream_steps, tiled_hydrology
+from topo2vec_lib.tiled_hydrology import TiledRampError, tiled_hydrology
 from topo2vec_lib.tiled_labels import derive_cells_tiled, derive_labels_tiled, rule_reach_px, tiled_nanquantile
 from topo2vec_lib.tiled_prominence import tiled_prominence
 from topo2vec_lib.tiling import TileGrid, TileRunner, as_source, read_window
@@ -259,7 +260,7 @@ def test_ties_go_to_the_first_cell_in_row_major_order():
 
 
 def test_path_sums_counts_every_node_once():
-    from topo2vec_lib.tiled_hydrology import path_sums
+    from topo2vec_lib.hydrology import path_sums
 
     succ = np.array([1, 2, -1, 2, 3, -1])          # 0 -> 1 -> 2, 4 -> 3 -> 2, 5 alone
     w = np.array([[1, 2, 4, 8, 16, 32], [0, 1, 0, 1, 0, 1]])

@@ -430,7 +430,7 @@ def _downstream_distance_m(receivers: np.ndarray, shape, res_m: float) -> np.nda
     The orthogonal and diagonal steps are counted as integers (exact whatever the order of the sums, so a
     tiled run gives the same bits) and turned into metres once per cell by :func:`steps_to_m`.
     """
-    from topo2vec_lib.tiled_hydrology import downstream_steps
+    from topo2vec_lib.hydrology import downstream_steps
 
     return steps_to_m(downstream_steps(receivers, shape), res_m)
 
@@ -603,8 +603,8 @@ def aerialway_line(dem_w: np.ndarray, slope_w: np.ndarray, origin, shape, res_m:
     rtop = max(1, int(round(150.0 / res_m)))
     r0, r1, c0, c1 = max(0, r - rtop), min(ny, r + rtop + 1), max(0, c - rtop), min(nx, c + rtop + 1)
     s_win = slope_w[r0 - o_r:r1 - o_r, c0 - o_c:c1 - o_c]
-    ur, uc = np.unravel_index(np.argmin(s_win), s_win.shape)
-    ur, uc = int(ur + r0), int(uc + c0)
+    ur, uc = (int(v) for v in np.unravel_index(np.argmin(s_win), s_win.shape))
+    ur, uc = ur + r0, uc + c0
     r0, r1, c0, c1 = max(0, r - rmax), min(ny, r + rmax + 1), max(0, c - rmax), min(nx, c + rmax + 1)
     dist_m = _offset_distance_m(float(res_m), rmax)[r0 - r + rmax:r1 - r + rmax, c0 - c + rmax:c1 - c + rmax]
     win = (slice(r0 - o_r, r1 - o_r), slice(c0 - o_c, c1 - o_c))
@@ -622,7 +622,9 @@ def aerialway_line(dem_w: np.ndarray, slope_w: np.ndarray, origin, shape, res_m:
 def pick_lines(lines, n_stations: int) -> tuple[np.ndarray, np.ndarray]:
     """Stations of lift lines visited in order (``lines``: iterable of ``(ur, uc, lr, lc)`` or None): a line is
     skipped when its upper station is already a station; stops at ``n_stations``."""
-    out_r, out_c, used = [], [], set()
+    out_r: list[int] = []
+    out_c: list[int] = []
+    used: set[tuple[int, int]] = set()
     for line in lines:
         if len(out_r) >= n_stations:
             break
@@ -829,7 +831,6 @@ def check_terrain(terrain) -> None:
 
 def cells_to_table(terrain, cells: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
     """The label table of ``{class: (rows, cols)}`` cells of ``terrain`` (lon, lat of the pixel centres)."""
-
     crs = terrain.rio.crs
     region = str(terrain.attrs.get("region", "unknown"))
     xs, ys = np.asarray(terrain.x.values), np.asarray(terrain.y.values)

@@ -43,8 +43,16 @@ import numpy as np
 from scipy import ndimage
 
 from topo2vec_lib import hydrology as H
-from topo2vec_lib.tiling import (FORWARD4, NpyArray, TileGrid, border_cells, neighbour_views, perimeter_mask,
-                                 read_window, window_index)
+from topo2vec_lib.tiling import (
+    FORWARD4,
+    NpyArray,
+    TileGrid,
+    border_cells,
+    neighbour_views,
+    perimeter_mask,
+    read_window,
+    window_index,
+)
 
 OCEAN = -1          # node id of "outside": every real outlet
 _NONE = -2
@@ -380,50 +388,12 @@ def local_flow(tile, ramped, shape, res_m: float) -> LocalFlow:
     return LocalFlow(local_rec, exit_to, rec_global, diag, valid, violations)
 
 
-def path_sums(succ: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Sum of non-negative int ``weights (k, n)`` over each node's path ``succ`` (-1 = end), own and last node
-    included; ``(k, n)`` int64. Each row's totals must stay below 2**31 (rows are packed into one int64).
-
-    Pointer jumping (O(n log path length)): ``tot[c]`` holds the sum from ``c`` up to (not including) its
-    pointer, which doubles its reach each round. Exact for integers, so the order of the sums does not matter.
-    """
-    ptr = np.asarray(succ, np.int64).copy()
-    w = np.asarray(weights, np.int64).reshape(-1, ptr.size)
-    k = w.shape[0]
-    bits = 62 // k
-    tot = np.zeros(ptr.size, np.int64)
-    for i in range(k):
-        tot += w[i] << (bits * i)
-    live = np.flatnonzero(ptr >= 0)
-    while live.size:
-        nxt = ptr[live]
-        tot[live] += tot[nxt]
-        ptr[live] = ptr[nxt]
-        live = live[ptr[live] >= 0]
-    mask = (1 << bits) - 1
-    return np.stack([(tot >> (bits * i)) & mask for i in range(k)])
-
-
-def downstream_steps(receivers: np.ndarray, shape) -> np.ndarray:
-    """Orthogonal and diagonal D8 step counts ``(2, ny * nx)`` int64 from each cell to the end of its path.
-
-    ``receivers``: flat global indices as ``hydrology.d8_receivers`` (-1 = none) on a raster of ``shape``.
-    """
-    rec = np.asarray(receivers, np.int64).ravel()
-    nx = int(shape[1])
-    idx = np.arange(rec.size)
-    has = rec >= 0
-    r = np.where(has, rec, idx)
-    diag = has & (r // nx != idx // nx) & (r % nx != idx % nx)
-    return path_sums(rec, np.stack([has & ~diag, diag]).astype(np.int64))
-
-
 def _local_steps(flow: LocalFlow) -> tuple[np.ndarray, np.ndarray]:
     """Orthogonal and diagonal step counts ``(2, n)`` from each cell to the end of its path in the tile, the
     terminal root of each cell ``(n,)``."""
     has = flow.local_rec >= 0
     w = np.stack([has & ~flow.diag, has & flow.diag]).astype(np.int64)
-    return path_sums(flow.local_rec, w), H._terminal_roots(flow.local_rec)
+    return H.path_sums(flow.local_rec, w), H._terminal_roots(flow.local_rec)
 
 
 def _flow_tile(tile, ramped, shape, res_m) -> dict:
@@ -480,7 +450,7 @@ def _solve_flow(parts: list[dict]) -> FlowSolution:
     step_x[1, has_x] = exit_diag[xe]
     succ = np.full(n, -1, np.int64)
     succ[has_x] = ti[xe]
-    total = path_sums(succ, steps + step_x)
+    total = H.path_sums(succ, steps + step_x)
     return FlowSolution(g, inflow, total)
 
 
@@ -498,7 +468,7 @@ class TiledHydrology:
     def __init__(self, grid: TileGrid, res_m: float, filled: NpyArray, flow: FlowSolution):
         self.grid, self.res_m, self.filled, self.flow = grid, float(res_m), filled, flow
 
-    def tile_flow(self, tile) -> "TileFlow":
+    def tile_flow(self, tile) -> TileFlow:
         """Receivers, drainage and steps to the outlet of one tile (see :func:`tile_flow`)."""
         return tile_flow(tile, self.filled, self.grid.shape, self.res_m, self.flow)
 

@@ -30,18 +30,30 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from topo2vec_lib import hydrology as H
 from topo2vec_lib import labels as L
+from topo2vec_lib.grid import slope_deg
 from topo2vec_lib.tiled_hydrology import TiledHydrology, tile_flow, tiled_hydrology
 from topo2vec_lib.tiled_prominence import tiled_prominence
-from topo2vec_lib.tiling import (TileGrid, TileRunner, as_source, check_reach, check_tile_px, label8, link_fragments,
-                                 perimeter_mask, read_clipped, read_window)
+from topo2vec_lib.tiling import (
+    TileGrid,
+    TileRunner,
+    as_source,
+    check_reach,
+    check_tile_px,
+    label8,
+    link_fragments,
+    perimeter_mask,
+    read_clipped,
+    read_window,
+)
 
 _HYDRO = {"river", "waterfall", "sinkhole"}
 _PROM = {"peak", "saddle", "aerialway_station", "alpine_hut"}
@@ -56,9 +68,7 @@ def slope_window(src, r0: int, r1: int, c0: int, c1: int, res_m: float) -> tuple
     ny, nx = src.shape
     a0, a1, b0, b1 = max(r0, 0), min(r1, ny), max(c0, 0), min(c1, nx)
     w, (o_r, o_c) = read_clipped(src, a0 - 1, a1 + 1, b0 - 1, b1 + 1)
-    dzdy, dzdx = np.gradient(w, res_m)
-    s = np.degrees(np.arctan(np.hypot(dzdx, dzdy)))
-    return s[a0 - o_r:a1 - o_r, b0 - o_c:b1 - o_c], (a0, b0)
+    return slope_deg(w, res_m)[a0 - o_r:a1 - o_r, b0 - o_c:b1 - o_c], (a0, b0)
 
 
 def _gidx(tile, shape, local: np.ndarray) -> np.ndarray:
@@ -151,7 +161,7 @@ def tiled_nanquantile(src, grid: TileGrid, runner, qs) -> tuple[list[float], int
     n = int(hist.sum())
     if n == 0:
         return [float("nan")] * len(qs), 0
-    plans = []
+    plans: list[tuple[int, int, np.float64 | None]] = []
     for q in qs:
         virtual = np.float64(n - 1) * np.float64(q)
         if virtual >= n - 1:
@@ -353,12 +363,16 @@ def _derive(src, res_m, grid, runner, work, seed, names, p) -> dict:
     if set(names) & {"aerialway_station", "alpine_hut"}:
         (q_hut, q_top), n_valid = tiled_nanquantile(src, grid, runner, qs)
     else:
-        q_hut = q_top = None
+        q_hut = q_top = float("nan")
         n_valid = _count_valid(src, grid, runner)
     if n_valid == 0:
         raise ValueError("dem has no finite cells (all nodata)")
     valid_km2 = float(n_valid) * res_m * res_m / 1e6
-    peaks = saddles = None
+    peaks: Any = None
+    saddles: Any = None
+    peak_z: Any = None
+    saddle_z: Any = None
+    hydro_parts: Any = None
     if set(names) & _PROM:
         prom, det = tiled_prominence(src, grid, runner, min_prominence_m=p["peak_prominence_m"], details=True)
         keep = det["interior"]

@@ -23,6 +23,8 @@ over the whole window) and over terminals; everything per cell is vectorised.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
@@ -41,10 +43,10 @@ def _prominence_tile(tile, src, shape, min_prominence_m: float | None = None) ->
     valid_w = np.isfinite(zw)
     zv = np.where(valid_w, zw, -np.inf)
     order = np.lexsort((gw.ravel(), zv.ravel()))
-    rank_w = np.empty(zw.size, np.int64)
-    rank_w[order] = np.arange(zw.size)
-    rank_w[~valid_w.ravel()] = -1
-    rank_w = rank_w.reshape(zw.shape)
+    rank_flat = np.empty(zw.size, np.int64)
+    rank_flat[order] = np.arange(zw.size)
+    rank_flat[~valid_w.ravel()] = -1
+    rank_w = rank_flat.reshape(zw.shape)
     rank, z, g, valid = rank_w[1:-1, 1:-1], zv[1:-1, 1:-1], gw[1:-1, 1:-1], valid_w[1:-1, 1:-1]
     th, tw = rank.shape
     n = th * tw
@@ -57,7 +59,8 @@ def _prominence_tile(tile, src, shape, min_prominence_m: float | None = None) ->
     interior = (valid & ~near_nodata).ravel()
     # steepest ascent inside the tile only; basins are the tile's own local maxima
     idx2 = np.arange(n, dtype=np.int64).reshape(th, tw)
-    best, up = rank.copy(), idx2.copy()
+    best = rank.copy()
+    up: Any = idx2.copy()
     for dr, dc in [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]:
         nr = H._shift(rank, dr, dc, -1)
         better = nr > best
@@ -79,7 +82,10 @@ def _prominence_tile(tile, src, shape, min_prominence_m: float | None = None) ->
     zf, rf, gf = z.ravel(), rank.ravel(), g.ravel()
     minz = np.asarray(ndimage.minimum(zf[vflat], inv, np.arange(nb_)), np.float64).reshape(-1) if nb_ else np.zeros(0)
     # highest pass between touching basins (col = the lower cell of the pair)
-    ea, eb, ew, ec = [], [], [], []
+    ea: Any = []
+    eb: Any = []
+    ew: Any = []
+    ec: Any = []
     for dr, dc in _PAIRS:
         b2, r2, i2 = H._shift(bid2, dr, dc, -1), H._shift(rank, dr, dc, -1), H._shift(idx2, dr, dc, 0)
         m = (bid2 >= 0) & (b2 >= 0) & (bid2 != b2)
@@ -113,7 +119,10 @@ def _prominence_tile(tile, src, shape, min_prominence_m: float | None = None) ->
     is_open = [False] * nb_ + [True] * bc.size
     gmin = minz.tolist() + [np.inf] * bc.size
     zl, gl = zf.tolist(), gf.tolist()
-    res_p, res_prom, res_col, res_cz = [], [], [], []
+    res_p: Any = []
+    res_prom: Any = []
+    res_col: Any = []
+    res_cz: Any = []
     out_u, out_v, out_c = [], [], []
 
     def find(i):
@@ -205,11 +214,11 @@ def _global_sweep(parts: list[dict]):
     pi = np.searchsorted(nodes, peaks)
     prank = np.empty(peaks.size, np.int64)
     prank[np.lexsort((peaks, pz))] = np.arange(peaks.size)
-    top = np.full(n, -1, np.int64)
-    top_rank = np.full(n, -1, np.int64)
+    top: Any = np.full(n, -1, np.int64)
+    top_rank: Any = np.full(n, -1, np.int64)
     top[pi] = np.arange(peaks.size)
     top_rank[pi] = prank
-    gmin = np.full(n, np.inf)
+    gmin: Any = np.full(n, np.inf)
     np.minimum.at(gmin, np.searchsorted(nodes, cat["mins_rep"]), cat["mins_z"])
     o = np.lexsort((cat["edge_col"], cat["edge_z"]))[::-1]
     ea = np.searchsorted(nodes, cat["u"][o]).tolist()

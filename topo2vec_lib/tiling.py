@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -312,8 +313,8 @@ class TileRunner:
     """
 
     def __init__(self, scheduler=None, n_workers: int | None = None, memory_limit="auto"):
-        self.client = None
-        self._own = []
+        self.client: Any = None
+        self._own: list[Any] = []
         self._scattered: dict[int, tuple] = {}
         if scheduler == "sync":
             return
