@@ -121,6 +121,44 @@ def flow_accumulation(receivers: np.ndarray, shape, weights: np.ndarray | None =
     return acc.reshape(shape)
 
 
+def path_sums(succ: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Sum of non-negative int ``weights (k, n)`` over each node's path ``succ`` (-1 = end), own and last node
+    included; ``(k, n)`` int64. Each row's totals must stay below 2**31 (rows are packed into one int64).
+
+    Pointer jumping (O(n log path length)): ``tot[c]`` holds the sum from ``c`` up to (not including) its
+    pointer, which doubles its reach each round. Exact for integers, so the order of the sums does not matter.
+    """
+    ptr = np.asarray(succ, np.int64).copy()
+    w = np.asarray(weights, np.int64).reshape(-1, ptr.size)
+    k = w.shape[0]
+    bits = 62 // k
+    tot = np.zeros(ptr.size, np.int64)
+    for i in range(k):
+        tot += w[i] << (bits * i)
+    live = np.flatnonzero(ptr >= 0)
+    while live.size:
+        nxt = ptr[live]
+        tot[live] += tot[nxt]
+        ptr[live] = ptr[nxt]
+        live = live[ptr[live] >= 0]
+    mask = (1 << bits) - 1
+    return np.stack([(tot >> (bits * i)) & mask for i in range(k)])
+
+
+def downstream_steps(receivers: np.ndarray, shape) -> np.ndarray:
+    """Orthogonal and diagonal D8 step counts ``(2, ny * nx)`` int64 from each cell to the end of its path.
+
+    ``receivers``: flat indices as :func:`d8_receivers` (-1 = none) on a raster of ``shape``.
+    """
+    rec = np.asarray(receivers, np.int64).ravel()
+    nx = int(shape[1])
+    idx = np.arange(rec.size)
+    has = rec >= 0
+    r = np.where(has, rec, idx)
+    diag = has & (r // nx != idx // nx) & (r % nx != idx % nx)
+    return path_sums(rec, np.stack([has & ~diag, diag]).astype(np.int64))
+
+
 def _terminal_roots(rec: np.ndarray) -> np.ndarray:
     """Flat index of the terminal cell (outlet or pit, ``rec < 0``) each cell's descent path ends in,
     by pointer jumping (O(N log path length))."""

@@ -16,6 +16,7 @@ Every rule has a function taking a numpy DEM ``(ny, nx)`` in metres (NaN = nodat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -77,12 +78,12 @@ CLASSES: dict[str, LabelClass] = {c.name: c for c in [
                "lift lines from a gentle low valley/plateau cell up to a high peak or col with an "
                "elevation gain >= aerialway_min_gain_m over aerialway_min_length_m.."
                "aerialway_max_length_m; a station at both ends; aerialway_lines_per_100km2 lines, "
-               "tops drawn at random (seeded)"),
+               "tops visited and bottoms drawn by seeded hashes of the top's cell"),
     LabelClass("alpine_hut", "exp2", (("tourism", "alpine_hut"),), "point", "proxy",
                "gentle (slope <= hut_max_slope_deg) cells above the hut_min_elev_quantile elevation "
                "quantile, within hut_near_col_m of a col or within hut_near_peak_m of and "
-               "hut_below_peak_m lower than a peak; hut_per_100km2 huts drawn at random (seeded), "
-               ">= hut_spacing_m apart"),
+               "hut_below_peak_m lower than the nearest peak; hut_per_100km2 huts with the highest seeded "
+               "per-cell draws, >= hut_spacing_m apart"),
     LabelClass("waterfall", "exp2", (("waterway", "waterfall"),), "point", "natural",
                "channel cells (drainage >= waterfall_min_area_km2) where the filled DEM drops >= "
                "waterfall_min_drop_m within waterfall_reach_m downstream; one point per steep "
@@ -231,6 +232,23 @@ def _empty() -> tuple[np.ndarray, np.ndarray]:
 def _unravel(flat: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
     r, c = np.unravel_index(np.asarray(flat, np.int64), shape)
     return r.astype(np.int64), c.astype(np.int64)
+
+
+def first_extreme(values: np.ndarray, labels: np.ndarray, ids, largest: bool) -> np.ndarray:
+    """Flat index of the largest (or smallest) ``values`` cell of each label in ``ids``; ties: the lowest index.
+
+    ``values``, ``labels``: flat arrays of one length (labels > 0 are components). Unlike
+    ``ndimage.maximum_position`` (whose ties follow an unstable sort of the whole array), the result depends
+    only on each component's own cells, so a tiled run finds the same cell.
+    """
+    cells = np.flatnonzero(labels > 0)
+    lab, v = labels[cells], values[cells]
+    o = np.lexsort((cells, -v if largest else v, lab))
+    lab_s = lab[o]
+    first = np.r_[True, lab_s[1:] != lab_s[:-1]] if lab_s.size else np.zeros(0, bool)
+    best = np.full(int(labels.max(initial=0)) + 1, -1, np.int64)
+    best[lab_s[first]] = cells[o][first]
+    return best[np.asarray(ids, np.int64)]
 
 
 def thin_points(rows, cols, score, spacing_px: float) -> np.ndarray:
@@ -444,22 +462,20 @@ def hydro(dem: np.ndarray, res_m: float) -> Hydro:
     return Hydro(filled, receivers, area)
 
 
+def steps_to_m(steps: np.ndarray, res_m: float) -> np.ndarray:
+    """Along-channel metres from orthogonal and diagonal D8 step counts ``steps (2, ...)`` int64."""
+    return steps[0] * res_m + steps[1] * (res_m * np.sqrt(2.0))
+
+
 def _downstream_distance_m(receivers: np.ndarray, shape, res_m: float) -> np.ndarray:
-    """Along-channel distance (m) from every cell to its outlet, by pointer jumping (flat, float64)."""
-    n = receivers.size
-    idx = np.arange(n)
-    has = receivers >= 0
-    r = np.where(has, receivers, idx)
-    nx = shape[1]
-    step = np.where(has, res_m * np.hypot(r // nx - idx // nx, r % nx - idx % nx), 0.0)
-    dist, ptr = step.astype(np.float64), r.copy()
-    while True:
-        nxt = ptr[ptr]
-        dist = dist + np.where(ptr != idx, dist[ptr], 0.0)
-        if np.array_equal(nxt, ptr):
-            break
-        ptr = nxt
-    return dist
+    """Along-channel distance (m) from every cell to its outlet (flat, float64).
+
+    The orthogonal and diagonal steps are counted as integers (exact whatever the order of the sums, so a
+    tiled run gives the same bits) and turned into metres once per cell by :func:`steps_to_m`.
+    """
+    from topo2vec_lib.hydrology import downstream_steps
+
+    return steps_to_m(downstream_steps(receivers, shape), res_m)
 
 
 def river_cells(dem: np.ndarray, res_m: float, min_area_km2: float = 2.0, spacing_m: float = 300.0,
@@ -492,7 +508,8 @@ def waterfall_cells(dem: np.ndarray, res_m: float, min_area_km2: float = 0.5, mi
 
     A channel cell (drainage >= ``min_area_km2``) is steep when the filled DEM drops >= ``min_drop_m``
     over the next ``max(1, round(reach_m / res_m))`` D8 steps downstream. 8-connected steep cells form
-    a reach; its point is its lip: the cell with the largest one-step drop to its receiver.
+    a reach; its point is its lip: the cell with the largest one-step drop to its receiver (ties: the first
+    in row-major order).
     """
     dem = _check_dem(dem, res_m)
     h = hydro(dem, res_m) if hyd is None else hyd
@@ -511,10 +528,8 @@ def waterfall_cells(dem: np.ndarray, res_m: float, min_area_km2: float = 0.5, mi
     lab, n = ndimage.label(steep, structure=np.ones((3, 3)))
     if n == 0:
         return _empty()
-    step_drop = np.nan_to_num(z - z[r], nan=0.0).reshape(dem.shape)
-    pos = ndimage.maximum_position(step_drop, lab, np.arange(1, n + 1))
-    pos = np.asarray(pos, np.int64).reshape(-1, 2)
-    return pos[:, 0], pos[:, 1]
+    step_drop = np.nan_to_num(z - z[r], nan=0.0)
+    return _unravel(first_extreme(step_drop, lab.ravel(), np.arange(1, n + 1), largest=True), dem.shape)
 
 
 def sinkhole_cells(dem: np.ndarray, res_m: float, min_depth_m: float = 2.0, min_area_m2: float = 900.0,
@@ -523,6 +538,7 @@ def sinkhole_cells(dem: np.ndarray, res_m: float, min_depth_m: float = 2.0, min_
 
     Depressions are 8-connected cells where the filled DEM is > 1 cm above the DEM; kept when their depth
     (filled - dem, max) >= ``min_depth_m`` and their area is within [``min_area_m2``, ``max_area_m2``].
+    The point is the lowest DEM cell (ties: the first in row-major order).
     """
     dem = _check_dem(dem, res_m)
     filled = (hydro(dem, res_m) if hyd is None else hyd).filled
@@ -537,8 +553,7 @@ def sinkhole_cells(dem: np.ndarray, res_m: float, min_depth_m: float = 2.0, min_
     ok = ids[(max_depth >= min_depth_m) & (area_m2 >= min_area_m2) & (area_m2 <= max_area_m2)]
     if ok.size == 0:
         return _empty()
-    pos = np.asarray(ndimage.minimum_position(np.where(lab > 0, dem, np.inf), lab, ok), np.int64)
-    return pos.reshape(-1, 2)[:, 0], pos.reshape(-1, 2)[:, 1]
+    return _unravel(first_extreme(dem.ravel(), lab.ravel(), ok, largest=False), dem.shape)
 
 
 def cliff_cells(dem: np.ndarray, res_m: float, min_slope_deg: float = 45.0, min_length_m: float = 90.0,
@@ -571,74 +586,181 @@ def _valid_area_km2(dem: np.ndarray, res_m: float) -> float:
     return float(np.isfinite(dem).sum()) * res_m * res_m / 1e6
 
 
-def aerialway_station_cells(dem: np.ndarray, res_m: float, rng: np.random.Generator,
-                            tops: tuple[np.ndarray, np.ndarray], lines_per_100km2: float = 10.0,
-                            min_gain_m: float = 400.0, min_length_m: float = 800.0,
-                            max_length_m: float = 4000.0, max_slope_deg: float = 15.0,
-                            top_quantile: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Rows, cols of aerialway stations (proxy): both ends of seeded lift lines.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
-    ``tops`` are candidate upper ends (rows, cols), normally the peaks and cols. A top qualifies when its
-    elevation is above the ``top_quantile`` elevation quantile of the window. Tops are visited in a
-    random order; for each, the bottom station is drawn uniformly among cells that are gentle
-    (slope <= ``max_slope_deg``), at a horizontal distance in [``min_length_m``, ``max_length_m``] and
-    at least ``min_gain_m`` lower. The upper station is the gentlest cell within 150 m of the top.
-    ``round(lines_per_100km2 * valid area / 100 km2)`` lines are built (fewer if tops run out).
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's mixing function on uint64 arrays (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = x + _GOLDEN
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def rule_key(rng) -> int:
+    """The 63-bit key of a proxy rule: an int as is, or the first draw of a Generator (see :func:`class_rng`)."""
+    if isinstance(rng, np.random.Generator):
+        return int(rng.integers(0, 2**63))
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        return int(rng) & (2**63 - 1)
+    raise ValueError(f"a proxy rule needs a numpy Generator or an int key, got {rng!r}")
+
+
+def keyed_uniform(key: int, rows, cols) -> np.ndarray:
+    """Uniform draws in [0, 1) (float64), one per cell: a hash of ``(key, row, col)``.
+
+    A cell's draw does not depend on the window or tile it is drawn in, nor on the other cells drawn.
     """
-    dem = _check_dem(dem, res_m)
-    n_lines = int(round(lines_per_100km2 * _valid_area_km2(dem, res_m) / 100.0))
-    tr, tc = (np.asarray(a, np.int64) for a in tops)
-    if n_lines == 0 or tr.size == 0:
-        return _empty()
-    z_top = dem[tr, tc]
-    high = z_top >= np.nanquantile(dem, top_quantile)
-    tr, tc = tr[high], tc[high]
-    slope = np.nan_to_num(slope_deg(dem, res_m), nan=90.0)
-    ny, nx = dem.shape
-    rmax = int(np.ceil(max_length_m / res_m))
+    r = np.asarray(rows, np.int64).astype(np.uint64)
+    c = np.asarray(cols, np.int64).astype(np.uint64)
+    h = _splitmix64(_splitmix64(np.uint64(int(key) & (2**64 - 1)) ^ r) ^ c)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def aerialway_reach_px(res_m: float, max_length_m: float) -> int:
+    """Cells a lift line reaches from its top (its window half-width)."""
+    return int(np.ceil(max_length_m / res_m))
+
+
+@functools.lru_cache(maxsize=8)
+def _offset_distance_m(res_m: float, reach: int) -> np.ndarray:
+    """``(2 reach + 1, 2 reach + 1)`` metres from the centre cell to each cell of the square around it."""
+    d = np.arange(-reach, reach + 1)
+    return res_m * np.hypot(d[:, None], d[None, :])
+
+
+def aerialway_line(dem_w: np.ndarray, slope_w: np.ndarray, origin, shape, res_m: float, key: int, r: int, c: int,
+                   min_gain_m: float, min_length_m: float, max_length_m: float,
+                   max_slope_deg: float) -> tuple[int, int, int, int] | None:
+    """Upper and lower station ``(ur, uc, lr, lc)`` of the lift line from top ``(r, c)``, or None.
+
+    ``dem_w``, ``slope_w``: a window of the raster ``shape`` whose first cell is ``origin = (row, col)`` and that
+    holds every raster cell within ``aerialway_reach_px`` of the top (slope: ``nan`` -> 90 degrees). The upper
+    station is the gentlest cell within 150 m (first in row-major order on ties); the lower one is drawn
+    among the gentle cells ``min_gain_m`` lower at ``min_length_m..max_length_m`` by the top's own draw.
+    """
+    ny, nx = shape
+    o_r, o_c = origin
+    rmax = aerialway_reach_px(res_m, max_length_m)
     rtop = max(1, int(round(150.0 / res_m)))
+    r0, r1, c0, c1 = max(0, r - rtop), min(ny, r + rtop + 1), max(0, c - rtop), min(nx, c + rtop + 1)
+    s_win = slope_w[r0 - o_r:r1 - o_r, c0 - o_c:c1 - o_c]
+    ur, uc = (int(v) for v in np.unravel_index(np.argmin(s_win), s_win.shape))
+    ur, uc = ur + r0, uc + c0
+    r0, r1, c0, c1 = max(0, r - rmax), min(ny, r + rmax + 1), max(0, c - rmax), min(nx, c + rmax + 1)
+    dist_m = _offset_distance_m(float(res_m), rmax)[r0 - r + rmax:r1 - r + rmax, c0 - c + rmax:c1 - c + rmax]
+    win = (slice(r0 - o_r, r1 - o_r), slice(c0 - o_c, c1 - o_c))
+    with np.errstate(invalid="ignore"):
+        ok = ((dist_m >= min_length_m) & (dist_m <= max_length_m) & (slope_w[win] <= max_slope_deg)
+              & (dem_w[win] <= dem_w[r - o_r, c - o_c] - min_gain_m))
+    cand = np.flatnonzero(ok)
+    if cand.size == 0:
+        return None
+    u = keyed_uniform(key ^ 0x5DEECE66D, [r], [c])[0]
+    pick = int(cand[min(int(u * cand.size), cand.size - 1)])
+    return ur, uc, r0 + pick // (c1 - c0), c0 + pick % (c1 - c0)
+
+
+def pick_lines(lines, n_stations: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stations of lift lines visited in order (``lines``: iterable of ``(ur, uc, lr, lc)`` or None): a line is
+    skipped when its upper station is already a station; stops at ``n_stations``."""
     out_r: list[int] = []
     out_c: list[int] = []
     used: set[tuple[int, int]] = set()
-    for k in rng.permutation(tr.size):
-        if len(out_r) >= 2 * n_lines:
+    for line in lines:
+        if len(out_r) >= n_stations:
             break
-        r, c = int(tr[k]), int(tc[k])
-        # upper station: the gentlest cell near the top
-        r0, r1, c0, c1 = max(0, r - rtop), min(ny, r + rtop + 1), max(0, c - rtop), min(nx, c + rtop + 1)
-        s_win = slope[r0:r1, c0:c1]
-        ur, uc = (int(v) for v in np.unravel_index(np.argmin(s_win), s_win.shape))
-        ur, uc = ur + r0, uc + c0
+        if line is None:
+            continue
+        ur, uc, lr, lc = line
         if (ur, uc) in used:
             continue
-        # lower station: gentle, low enough, in the distance ring
-        r0, r1, c0, c1 = max(0, r - rmax), min(ny, r + rmax + 1), max(0, c - rmax), min(nx, c + rmax + 1)
-        rr, cc = np.mgrid[r0:r1, c0:c1]
-        dist_m = res_m * np.hypot(rr - r, cc - c)
-        ok = ((dist_m >= min_length_m) & (dist_m <= max_length_m) & (slope[r0:r1, c0:c1] <= max_slope_deg)
-              & (dem[r0:r1, c0:c1] <= dem[r, c] - min_gain_m))
-        cand = np.flatnonzero(ok)
-        if cand.size == 0:
-            continue
-        pick = cand[rng.integers(cand.size)]
-        lr, lc = int(rr.ravel()[pick]), int(cc.ravel()[pick])
         used.update({(ur, uc), (lr, lc)})
         out_r += [ur, lr]
         out_c += [uc, lc]
     return np.asarray(out_r, np.int64), np.asarray(out_c, np.int64)
 
 
-def alpine_hut_cells(dem: np.ndarray, res_m: float, rng: np.random.Generator,
+def aerialway_station_cells(dem: np.ndarray, res_m: float, rng, tops: tuple[np.ndarray, np.ndarray],
+                            lines_per_100km2: float = 10.0, min_gain_m: float = 400.0, min_length_m: float = 800.0,
+                            max_length_m: float = 4000.0, max_slope_deg: float = 15.0,
+                            top_quantile: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Rows, cols of aerialway stations (proxy): both ends of seeded lift lines.
+
+    ``tops`` are candidate upper ends (rows, cols), normally the peaks and cols. A top qualifies when its
+    elevation is above the ``top_quantile`` elevation quantile of the window. Tops are visited in the order
+    of their own seeded draw; for each, the bottom station is drawn uniformly (by another draw of the top)
+    among cells that are gentle (slope <= ``max_slope_deg``), at a horizontal distance in
+    [``min_length_m``, ``max_length_m``] and at least ``min_gain_m`` lower. The upper station is the
+    gentlest cell within 150 m of the top; a line whose upper station is already a station is skipped.
+    ``round(lines_per_100km2 * valid area / 100 km2)`` lines are built (fewer if tops run out).
+    ``rng``: a Generator (its first draw is the rule's key) or an int key; draws are hashes of the key and
+    the top's cell (:func:`keyed_uniform`), so a tiled run draws the same.
+    """
+    dem = _check_dem(dem, res_m)
+    n_lines = int(round(lines_per_100km2 * _valid_area_km2(dem, res_m) / 100.0))
+    tr, tc = (np.asarray(a, np.int64) for a in tops)
+    if n_lines == 0 or tr.size == 0:
+        return _empty()
+    key = rule_key(rng)
+    high = dem[tr, tc] >= np.nanquantile(dem, top_quantile)
+    tr, tc = tr[high], tc[high]
+    slope = np.nan_to_num(slope_deg(dem, res_m), nan=90.0)
+    order = np.argsort(keyed_uniform(key, tr, tc), kind="stable")
+    lines = (aerialway_line(dem, slope, (0, 0), dem.shape, res_m, key, int(tr[k]), int(tc[k]), min_gain_m,
+                            min_length_m, max_length_m, max_slope_deg) for k in order)
+    return pick_lines(lines, 2 * n_lines)
+
+
+def hut_candidates(dem_w: np.ndarray, slope_w: np.ndarray, origin, res_m: float, min_elev_m: float,
+                   peaks: tuple[np.ndarray, np.ndarray], peak_z: np.ndarray, cols: tuple[np.ndarray, np.ndarray],
+                   max_slope_deg: float, near_col_m: float, near_peak_m: float,
+                   below_peak_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows, cols (raster, row-major order) of the hut candidates in a window whose first cell is ``origin``.
+
+    Candidates: elevation >= ``min_elev_m``, slope <= ``max_slope_deg``, and either within ``near_col_m`` of a
+    col, or within ``near_peak_m`` of the nearest peak and at least ``below_peak_m`` below it. Distances to
+    the (whole raster's) peak and col lists come from k-d trees of those lists, so they do not depend on
+    the window.
+    """
+    from scipy.spatial import cKDTree
+
+    with np.errstate(invalid="ignore"):
+        cand = (np.nan_to_num(dem_w, nan=-np.inf) >= min_elev_m) & (slope_w <= max_slope_deg)
+    rows, cols_ = np.nonzero(cand)
+    if rows.size == 0:
+        return _empty()
+    z = dem_w[rows, cols_]
+    rows, cols_ = rows + origin[0], cols_ + origin[1]
+    pts = np.column_stack([rows, cols_]).astype(np.float64)
+    near = np.zeros(rows.size, bool)
+    sr, sc = (np.asarray(a, np.int64) for a in cols)
+    if sr.size:
+        d, _ = cKDTree(np.column_stack([sr, sc]).astype(np.float64)).query(
+            pts, distance_upper_bound=near_col_m / res_m + 1.0)
+        near |= d * res_m <= near_col_m
+    pr, pc = (np.asarray(a, np.int64) for a in peaks)
+    if pr.size:
+        d, i = cKDTree(np.column_stack([pr, pc]).astype(np.float64)).query(
+            pts, distance_upper_bound=near_peak_m / res_m + 1.0)
+        hit = np.isfinite(d)
+        near[hit] |= (d[hit] * res_m <= near_peak_m) & (z[hit] <= np.asarray(peak_z, np.float64)[i[hit]] - below_peak_m)
+    return rows[near].astype(np.int64), cols_[near].astype(np.int64)
+
+
+def alpine_hut_cells(dem: np.ndarray, res_m: float, rng,
                      peaks: tuple[np.ndarray, np.ndarray], cols: tuple[np.ndarray, np.ndarray],
                      per_100km2: float = 20.0, min_elev_quantile: float = 0.6, max_slope_deg: float = 20.0,
                      near_col_m: float = 600.0, near_peak_m: float = 1500.0, below_peak_m: float = 100.0,
                      spacing_m: float = 300.0) -> tuple[np.ndarray, np.ndarray]:
     """Rows, cols of alpine huts (proxy), drawn at random among high, gentle cells near cols or peaks.
 
-    Candidates: elevation >= the ``min_elev_quantile`` quantile of the window, slope <= ``max_slope_deg``,
-    and either within ``near_col_m`` of a col, or within ``near_peak_m`` of a peak and at least
-    ``below_peak_m`` lower than it (huts sit below summits). ``round(per_100km2 * valid area / 100 km2)``
-    huts are drawn uniformly at random, no two closer than ``spacing_m`` (fewer if candidates run out).
+    Candidates (:func:`hut_candidates`): elevation >= the ``min_elev_quantile`` quantile of the window, slope
+    <= ``max_slope_deg``, and either within ``near_col_m`` of a col, or within ``near_peak_m`` of the nearest
+    peak and at least ``below_peak_m`` lower than it (huts sit below summits). Each candidate gets a seeded
+    draw (:func:`keyed_uniform` of the rule's key and its cell); ``round(per_100km2 * valid area / 100 km2)``
+    huts are the highest draws, no two closer than ``spacing_m`` (fewer if candidates run out).
     """
     dem = _check_dem(dem, res_m)
     n_huts = int(round(per_100km2 * _valid_area_km2(dem, res_m) / 100.0))
@@ -646,23 +768,14 @@ def alpine_hut_cells(dem: np.ndarray, res_m: float, rng: np.random.Generator,
     sr, sc = (np.asarray(a, np.int64) for a in cols)
     if n_huts == 0 or (pr.size == 0 and sr.size == 0):
         return _empty()
+    key = rule_key(rng)
     slope = np.nan_to_num(slope_deg(dem, res_m), nan=90.0)
-    cand = (np.nan_to_num(dem, nan=-np.inf) >= np.nanquantile(dem, min_elev_quantile)) & (slope <= max_slope_deg)
-    near = np.zeros(dem.shape, bool)
-    if sr.size:
-        seeds = np.ones(dem.shape, bool)
-        seeds[sr, sc] = False
-        near |= ndimage.distance_transform_edt(seeds, sampling=res_m) <= near_col_m
-    if pr.size:
-        seeds = np.ones(dem.shape, bool)
-        seeds[pr, pc] = False
-        d, (ir, ic) = ndimage.distance_transform_edt(seeds, sampling=res_m, return_indices=True)
-        near |= (d <= near_peak_m) & (dem <= dem[ir, ic] - below_peak_m)
-    rows, cols_ = np.nonzero(cand & near)
+    rows, cols_ = hut_candidates(dem, slope, (0, 0), res_m, np.nanquantile(dem, min_elev_quantile), (pr, pc),
+                                 dem[pr, pc], (sr, sc), max_slope_deg, near_col_m, near_peak_m, below_peak_m)
     if rows.size == 0:
         return _empty()
-    sel = thin_points(rows, cols_, rng.random(rows.size), spacing_m / res_m)[:n_huts]
-    return rows[sel].astype(np.int64), cols_[sel].astype(np.int64)
+    sel = thin_points(rows, cols_, keyed_uniform(key, rows, cols_), spacing_m / res_m)[:n_huts]
+    return rows[sel], cols_[sel]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -744,17 +857,26 @@ def derive_labels(terrain, seed: int = 0, classes: Iterable[str] | None = None, 
     (``"derived"`` or ``"derived-proxy"``) and ``region`` (``terrain.attrs["region"]``). ``params``
     override RULE_DEFAULTS (see each ``*_cells`` rule); ``seed`` drives the proxy classes only.
     """
+    check_terrain(terrain)
+    res_m = float(terrain.attrs.get("res_m", abs(float(terrain.x[1] - terrain.x[0]))))
+    cells = derive_cells(terrain.values, res_m, seed=seed, classes=classes, progress=progress, **params)
+    return cells_to_table(terrain, cells)
+
+
+def check_terrain(terrain) -> None:
+    """ValueError unless ``terrain`` is a ``(y, x)`` DataArray with a CRS."""
     import rioxarray  # noqa: F401  (registers .rio)
 
     if getattr(terrain, "dims", None) != ("y", "x"):
         raise ValueError(f"terrain must be a DataArray with dims ('y', 'x'), got {getattr(terrain, 'dims', None)}")
-    res_m = float(terrain.attrs.get("res_m", abs(float(terrain.x[1] - terrain.x[0]))))
-    crs = terrain.rio.crs
-    if crs is None:
+    if terrain.rio.crs is None:
         raise ValueError("terrain has no CRS (terrain.rio.crs is None); write one with .rio.write_crs")
-    region = str(terrain.attrs.get("region", "unknown"))
-    cells = derive_cells(terrain.values, res_m, seed=seed, classes=classes, progress=progress, **params)
 
+
+def cells_to_table(terrain, cells: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """The label table of ``{class: (rows, cols)}`` cells of ``terrain`` (lon, lat of the pixel centres)."""
+    crs = terrain.rio.crs
+    region = str(terrain.attrs.get("region", "unknown"))
     xs, ys = np.asarray(terrain.x.values), np.asarray(terrain.y.values)
     frames = []
     for name, (rows, cols) in cells.items():
