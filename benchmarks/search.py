@@ -71,7 +71,7 @@ def real_field(model: Path, terrain_dir: Path, cells: int, cache: Path | None):
     """(field, terrain, embedder, sampler, description): the model over the test terrain, >= ``cells`` cells."""
     import xarray as xr
 
-    from topo2vec_lib.embedders import load_embedder
+    from topo2vec_lib.models import load_embedder
     from topo2vec_lib.regional import embed_region
     from topo2vec_lib.sampler import PatchSampler
     from topo2vec_lib.terrain import open_region
@@ -119,7 +119,7 @@ def synthetic_vectors(cells: int, dim: int = 128, latent: int = 12, seed: int = 
 def study_rules() -> dict:
     """The label rules of the study (params.yaml ``labels`` keys that are rule parameters)."""
     from topo2vec_lib.labels import RULE_DEFAULTS
-    from topo2vec_lib.storage import load_params
+    from topo2vec_lib.params import load_params
 
     labels = load_params(REPO / "params.yaml").get("labels", {})
     return {k: v for k, v in labels.items() if k in RULE_DEFAULTS}
@@ -150,9 +150,9 @@ def standardisation_study(field, terrain, embedder, sampler, *, repeats: int = 1
     from scipy.spatial import cKDTree
 
     from topo2vec_lib import maps, search
+    from topo2vec_lib.grid import lonlat_to_xy
     from topo2vec_lib.labels import derive_labels
     from topo2vec_lib.regional import embed_xy
-    from topo2vec_lib.terrain import lonlat_to_xy
 
     t0 = time.perf_counter()
     rules = study_rules()
@@ -405,7 +405,7 @@ def run_case(name: str, work: Path, threads: int, seed: int) -> dict:
         pt = {PARAM_NAME.get(name, "param"): p} if p is not None else {}
         for k in KS:
             search_fn(q[:2], k, p)                                  # warm-up (lazy allocations, first call)
-            idx, s = timed(lambda: search_fn(q, k, p))
+            idx, s = timed(lambda k=k, p=p: search_fn(q, k, p))
             pt[f"query_ms_at{k}"] = 1000 * s / len(q)
             pt[f"recall_at{k}"] = recall(data, q, idx, gt_d, k)
         points.append(pt)

@@ -1,4 +1,5 @@
-"""Similarity search (topo2vec_lib.search): cosine by hand, NMS, NaN cells, the index's recall, save/load, bad inputs."""
+"""Similarity search (topo2vec_lib.search): cosine by hand, NMS, NaN cells, the index's recall, save/load,
+bad inputs."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import xarray as xr
 

@@ -30,6 +30,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,7 +92,7 @@ def _block_moments(block: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return len(v), m, ((v - m) ** 2).sum(axis=0)
 
 
-def _merge_moments(parts) -> tuple[int, np.ndarray, np.ndarray]:
+def _merge_moments(parts) -> tuple[int, Any, Any]:
     n, mean, m2 = 0, None, None
     for nb, mb, m2b in parts:          # Chan et al.'s pairwise update: exact and stable in float64
         if nb == 0:
@@ -110,6 +111,7 @@ STANDARDIZE = ("center", "zscore", "none")
 
 
 def check_standardize(standardize) -> str:
+    """``standardize`` if it is one of :data:`STANDARDIZE`, else ValueError naming the valid ones."""
     if not isinstance(standardize, str) or standardize not in STANDARDIZE:
         raise ValueError(f"standardize = {standardize!r}: expected one of {list(STANDARDIZE)}")
     return standardize
@@ -180,7 +182,7 @@ def _cosine_block(block: np.ndarray, q_unit: np.ndarray, std: Standardizer | Non
     ny, nx, d = block.shape
     v = np.asarray(block, dtype=np.float32).reshape(-1, d)
     ok = np.isfinite(v).all(axis=1)
-    v = np.where(ok[:, None], v, 0.0).astype(np.float32, copy=False)
+    v = np.where(np.asarray(ok)[:, None], v, 0.0).astype(np.float32, copy=False)
     if std is not None:
         v = std(v)
     norm = np.sqrt(np.einsum("ij,ij->i", v, v))
@@ -287,7 +289,7 @@ def vectors_at(field, lon, lat, crs=None) -> np.ndarray:
 
     ValueError naming the place when it lies outside the field (more than half a cell beyond its outer
     cells) or its cell has no valid embedding (NaN)."""
-    from topo2vec_lib.terrain import lonlat_to_xy
+    from topo2vec_lib.grid import lonlat_to_xy
 
     arr = embedding_array(field)
     lon, lat = np.atleast_1d(np.asarray(lon, np.float64)), np.atleast_1d(np.asarray(lat, np.float64))
@@ -349,17 +351,17 @@ def top_k(similarity: xr.DataArray, k: int, min_separation_m: float = 0.0, *, cr
     k = _check_k(k, valid.size)
     order = valid[np.argsort(-flat[valid], kind="stable")]
     xs, ys = np.asarray(sim_da["x"].values, np.float64), np.asarray(sim_da["y"].values, np.float64)
-    picks = _greedy_nms(order, k, sep, xs, ys)
-    if len(picks) < k:
-        warnings.warn(f"only {len(picks)} of k = {k} matches are {sep:g} m apart; returning {len(picks)}",
+    found = _greedy_nms(order, k, sep, xs, ys)
+    if len(found) < k:
+        warnings.warn(f"only {len(found)} of k = {k} matches are {sep:g} m apart; returning {len(found)}",
                       stacklevel=2)
-    picks = np.asarray(picks, dtype=np.int64)
+    picks = np.asarray(found, dtype=np.int64)
     row, col = picks // nx, picks % nx
     if "lon" in sim_da.coords and "lat" in sim_da.coords and sim_da["lon"].dims == ("y", "x"):
         lon = np.asarray(sim_da["lon"].values)[row, col].astype(np.float64)
         lat = np.asarray(sim_da["lat"].values)[row, col].astype(np.float64)
     else:
-        from topo2vec_lib.terrain import xy_to_lonlat
+        from topo2vec_lib.grid import xy_to_lonlat
 
         lon, lat = xy_to_lonlat(field_crs(sim_da, crs), xs[col], ys[row])
     return pd.DataFrame({"rank": np.arange(1, len(picks) + 1), "lon": np.asarray(lon, np.float64),
@@ -511,6 +513,7 @@ class EmbeddingIndex:
         k = _check_k(k, len(self), "indexed vectors")
         qs = _space(q, self.std, self.metric)
         if self.method == "exact":
+            assert self._data is not None   # exact indexes keep their vectors
             dist, idx = _exact_knn(self._data, qs, k, self.metric)
         else:
             nprobe = self.params["nprobe"] if nprobe is None else nprobe
@@ -544,7 +547,7 @@ class EmbeddingIndex:
         path = Path(path)
         with atomic_path(path, is_dir=True) as tmp:
             tmp.mkdir()
-            np.savez(tmp / "arrays.npz", **arrays)
+            np.savez(tmp / "arrays.npz", **arrays)  # type: ignore[arg-type]
             if self._faiss is not None:
                 import faiss
 
@@ -608,16 +611,16 @@ def _exact_knn(data: np.ndarray, q: np.ndarray, k: int, metric: str, q_batch: in
             best_s, best_i = v, torch.cat([best_i, i + b0], dim=1).gather(1, j)
         out_s.append(best_s.numpy())
         out_i.append(best_i.numpy())
-    s, idx = np.concatenate(out_s), np.concatenate(out_i)
+    sims, idx = np.concatenate(out_s), np.concatenate(out_i)
     if metric == "cosine":
-        dist = 1.0 - s
+        dist = 1.0 - sims
     else:
-        dist = np.sqrt(np.maximum(np.einsum("ij,ij->i", q, q)[:, None] - s, 0.0))
+        dist = np.sqrt(np.maximum(np.einsum("ij,ij->i", q, q)[:, None] - sims, 0.0))
     return dist.astype(np.float32), idx.astype(np.int64)
 
 
 def default_nprobe(nlist: int) -> int:
-    """ivf cells scanned per query by default: ``max(8, nlist / 128)``, at most ``nlist``. Measured on 1M real
+    """Ivf cells scanned per query by default: ``max(8, nlist / 128)``, at most ``nlist``. Measured on 1M real
     cells (nlist 1011): nprobe 8 gave recall@10 0.996 and recall@50 0.989 at ~1 ms per query (2 cores, 15-21x
     faster than exact; nprobe 4: 0.97 / 0.94); the ``nlist / 128`` term keeps the scanned fraction for bigger
     fields (an extrapolation, not measured)."""
@@ -635,6 +638,7 @@ def _build_ivf(v: np.ndarray, std: Standardizer | None, metric: str, *, seed: in
     nlist = max(1, min(n // 39, round(np.sqrt(n)))) if nlist is None else nlist   # faiss: >= 39 points per cell
     if isinstance(nlist, bool) or not isinstance(nlist, (int, np.integer)) or not 1 <= nlist <= n:
         raise ValueError(f"nlist = {nlist} must be in 1..{n} (the number of vectors)")
+    nlist = int(nlist)
     nprobe = default_nprobe(nlist) if nprobe is None else nprobe
     if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or not 1 <= nprobe <= nlist:
         raise ValueError(f"nprobe = {nprobe} must be in 1..{nlist} (nlist)")
@@ -655,7 +659,7 @@ def _build_ivf(v: np.ndarray, std: Standardizer | None, metric: str, *, seed: in
 def cells_table(field, cells, distances=None, crs=None) -> pd.DataFrame:
     """Places of flat cell indices ``cells`` (``row * nx + col``, e.g. from :meth:`EmbeddingIndex.query` on an
     index made by :meth:`EmbeddingIndex.from_field`): ``rank, lon, lat, x, y, row, col`` (+ ``distance``)."""
-    from topo2vec_lib.terrain import xy_to_lonlat
+    from topo2vec_lib.grid import xy_to_lonlat
 
     arr = embedding_array(field)
     ny, nx, _ = arr.shape
