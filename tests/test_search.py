@@ -106,7 +106,9 @@ def test_dataset_from_embed_region(terrain_factory):
     """A field written by regional.embed_region: its query cell is the best match."""
     from topo2vec_lib.regional import embed_region, valid_mask
 
-    class Stats:
+    from topo2vec_lib.models import Embedder
+
+    class Stats(Embedder):
         dim, name = 4, "stats"
 
         def embed_patches(self, x):
@@ -150,7 +152,7 @@ def test_top_k_separation_best_first_and_no_nan(field):
 
 
 def test_top_k_lonlat_from_crs_lon_first(field):
-    from topo2vec_lib.terrain import xy_to_lonlat
+    from topo2vec_lib.grid import xy_to_lonlat
 
     t = top_k(similarity_field(field, field.values[2, 2]), 3)
     lon, lat = xy_to_lonlat(CRS, t["x"].values, t["y"].values)
