@@ -413,3 +413,65 @@ def test_normalize():
         normalize(p, min_range_m=0)
     with pytest.raises(ValueError, match="same N"):
         normalize(p, reference=p[:2])
+
+
+# ----------------------------------------------------------------------------------------------- multi-scale
+@pytest.mark.parametrize("k, scales", [(1, [30.0, 60.0, 120.0]), (2, [60.0, 120.0]), (4, [120.0, 240.0, 480.0])])
+def test_multiscale_fractal_pairs_on_a_plane_have_the_known_answer(k, scales):
+    """Algorithm 1 over several scales: on a plane rising east, the min-max normalised input is column j -> j / 16
+    at every scale, and the target over the same footprint is ((j - (16k - 1) / 2) * 17 / (16k) + 8) / 16, also at
+    every scale (the coarsest footprint, 17 x 480 m, fits with whole pyramid blocks: no edge effects)."""
+    from topo2vec_lib.models.config import Topo2VecConfig
+    from topo2vec_lib.models.topo2vec import sample_chunk
+
+    n = 320                                                           # 20 blocks of 16 px: level 4 has no partial block
+    t = make_terrain(1500.0 + 2.0 * np.mgrid[0:n, 0:n][1], res_m=RES)
+    s = PatchSampler(t)
+    cfg = Topo2VecConfig.from_dict({"k": k, "train_res_m": scales, "batch_size": 4, "chunk_batches": 2, "images": 64})
+    pairs = sample_chunk(s, cfg, seed=1, epoch=0, chunk=0, place_batches=2)
+    assert len(pairs) == len(scales)
+    j_in = np.arange(17) / 16
+    j_out = ((np.arange(16 * k) - (16 * k - 1) / 2) * 17 / (16 * k) + 8) / 16
+    for (x, y), res_m in zip(pairs, scales):
+        assert x.shape == (8, 1, 17, 17) and y.shape == (8, 1, 16 * k, 16 * k), res_m
+        np.testing.assert_allclose(x[:, 0], np.broadcast_to(j_in, (8, 17, 17)), atol=2e-5, err_msg=str(res_m))
+        np.testing.assert_allclose(y[:, 0], np.broadcast_to(j_out, (8, 16 * k, 16 * k)), atol=2e-5,
+                                   err_msg=str(res_m))
+
+
+def test_multiscale_random_places_fit_every_scale_and_one_scale_is_unchanged():
+    z = rough_terrain(160, seed=4).values.copy()
+    z[100:, 40:70] = np.nan                                           # a lake near the south edge
+    s = PatchSampler(make_terrain(z))
+    lon, lat = s.random_places(150, np.random.default_rng(2), [30.0, 120.0, 60.0], k=1)
+    for r in (30.0, 60.0, 120.0):
+        assert s.valid_places(lon, lat, r, k=1).all(), r
+    again = s.random_places(150, np.random.default_rng(2), [120.0, 60.0, 30.0], k=1)
+    np.testing.assert_array_equal(lon, again[0])                      # the order of the scales does not matter
+    one = s.random_places(100, np.random.default_rng(5), [60.0], k=2)
+    scalar = s.random_places(100, np.random.default_rng(5), 60.0, k=2)
+    np.testing.assert_array_equal(one[0], scalar[0])                  # a one-scale list draws what the scale draws
+    np.testing.assert_array_equal(one[1], scalar[1])
+    with pytest.raises(ValueError, match="empty list"):
+        s.random_places(5, 0, [])
+    with pytest.raises(ValueError, match="finer than the terrain's native"):
+        s.random_places(5, 0, [60.0, 15.0])
+
+
+def test_fractal_scales_never_ask_for_a_target_finer_than_native():
+    import torch
+
+    from topo2vec_lib.models.config import Topo2VecConfig
+    from topo2vec_lib.models.topo2vec import Topo2VecMethod
+
+    s = PatchSampler(make_terrain(np.zeros((64, 64))))
+    assert s.min_fractal_res_m(1) == pytest.approx(30 * 16 / 17)              # 28.24 m/px
+    assert s.min_fractal_res_m(4) == pytest.approx(30 * 64 / 17)              # 112.94 m/px
+    assert s.min_fractal_res_m(8) == pytest.approx(30 * 128 / 17)             # 225.88 m/px
+    assert s.check_fractal_scales([30, 60, 120], k=1) == [30.0, 60.0, 120.0]
+    assert s.target_res_m(120.0, 4) >= s.res_m and s.target_res_m(112.0, 4) < s.res_m
+    with pytest.raises(ValueError, match=r"train_res_m 30, 60 m/px with k = 4.*7.97, 15.9 m pixels.*>= 112.94"):
+        s.check_fractal_scales([30, 60, 120], k=4)
+    cfg = Topo2VecConfig.from_dict({"k": 4, "train_res_m": [30, 60, 120]})
+    with pytest.raises(ValueError, match=r">= 112.94 m/px"):                  # before any training work
+        Topo2VecMethod(cfg, s, seed=0, device=torch.device("cpu"))

@@ -68,7 +68,8 @@ def test_config_defaults_and_bad_values():
     for bad in ({"k": 3}, {"train_res_m": []}, {"train_res_m": [-30]}, {"batch_size": 1}, {"images": 0},
                 {"lr": 0}, {"lr_g_scope": "encoder"}, {"stem": "valid"}, {"discriminator": "x"},
                 {"d_input_upsample": "cubic"}, {"adversarial": "yes"}, {"kind": "cnn"}, {"lr": float("inf")},
-                {"lambda_l1": float("nan")}, {"device": "tpu"}, {"betas": [0.9]}, {"k": 2.5}):
+                {"lambda_l1": float("nan")}, {"device": "tpu"}, {"betas": [0.9]}, {"k": 2.5},
+                {"precision": "float16"}, {"precision": None}, {"compile": "yes"}):
         with pytest.raises(ValueError, match=list(bad)[0]):
             Topo2VecConfig.from_dict(bad)
     with pytest.raises(ValueError, match="device"):
@@ -119,11 +120,12 @@ def _same_weights(a, b):
             assert torch.equal(sa[net][k], sb[net][k]), f"{net}.{k} differs"
 
 
-@pytest.mark.parametrize("checkpoint_steps, kill_at", [(0, 5), (1, 7)])
-def test_killed_run_resumes_to_identical_weights(sampler, tmp_path, checkpoint_steps, kill_at):
+@pytest.mark.parametrize("checkpoint_steps, kill_at, precision", [(0, 5, "float32"), (1, 7, "float32"),
+                                                                   (1, 7, "bf16")])
+def test_killed_run_resumes_to_identical_weights(sampler, tmp_path, checkpoint_steps, kill_at, precision):
     # kill_at=5: dies at the start of epoch 2 (resumes from the epoch checkpoint);
     # kill_at=7: dies in the 2nd chunk of epoch 2 (resumes from the mid-epoch checkpoint after chunk 1)
-    config = {**TINY, "checkpoint_steps": checkpoint_steps}
+    config = {**TINY, "checkpoint_steps": checkpoint_steps, "precision": precision}
     full = _train(sampler, tmp_path, "full", config)
     with pytest.raises(KilledError):
         _train(KillingSampler(sampler, kill_at), tmp_path, "killed", config)
@@ -203,3 +205,70 @@ def test_train_notebook_smoke(tmp_path, notebook_runner):
     assert (tmp_path / "plots" / "reconstructions_topo2vec-4.png").stat().st_size > 0
     model = load_embedder(tmp_path / "models" / "topo2vec-4.pt")
     assert model.name == "topo2vec-4" and model.config["k"] == 4
+
+
+def _reference_adversarial_step(method, batch):
+    """The adversarial step as it was written before the speed work (x resized three times, d's parameter
+    gradients computed in the generator step and discarded): the float32 arithmetic the step must keep."""
+    from topo2vec_lib.models.networks import discriminator_input
+
+    x, y = batch
+    cfg, nets, opts = method.cfg, method.modules, method.optimizers
+    y_hat = nets["decoder"](nets["encoder"](x))
+    loss_l1 = method.l1(y_hat, y)
+    d, mode = nets["discriminator"], cfg.d_input_upsample
+    fake_logits = d(discriminator_input(x, y_hat, mode))
+    loss_gan = method.bce(fake_logits, torch.ones_like(fake_logits))
+    loss_g = cfg.lambda_l1 * loss_l1 + cfg.lambda_gan * loss_gan
+    opts["generator"].zero_grad(set_to_none=True)
+    loss_g.backward()
+    opts["generator"].step()
+    opts["discriminator"].zero_grad(set_to_none=True)
+    real_logits = d(discriminator_input(x, y, mode))
+    fake_logits = d(discriminator_input(x, y_hat.detach(), mode))
+    loss_d = method.bce(real_logits, torch.ones_like(real_logits)) + \
+        method.bce(fake_logits, torch.zeros_like(fake_logits))
+    loss_d.backward()
+    opts["discriminator"].step()
+    return {"loss_l1": loss_l1.item(), "loss_gan_g": loss_gan.item(), "loss_g": loss_g.item(), "loss_d": loss_d.item()}
+
+
+def test_float32_adversarial_step_keeps_the_reference_arithmetic(sampler):
+    """precision float32 is exact: the faster adversarial step gives bit-identical weights, running statistics,
+    optimiser state and losses to the step it replaced."""
+    cfg = Topo2VecConfig.from_dict({"k": 4, "adversarial": True, "train_res_m": [120], "batch_size": 8,
+                                    "chunk_batches": 3, "images": 24})
+    methods = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        m = Topo2VecMethod(cfg, sampler, seed=5, device=torch.device("cpu"))
+        m.build()
+        methods.append(m)
+    new, ref = methods
+    batches = list(new.steps(new.chunk(0, 0)))
+    assert len(batches) == 3
+    for batch in batches:
+        assert new.step(batch) == _reference_adversarial_step(ref, batch)
+    for name in new.modules:
+        a, b = new.modules[name].state_dict(), ref.modules[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+        assert all(p.requires_grad for p in new.modules[name].parameters())
+    for name in new.optimizers:
+        sa, sb = new.optimizers[name].state_dict()["state"], ref.optimizers[name].state_dict()["state"]
+        assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i]), name
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_bf16_trains_close_to_float32_and_embeds_in_float32(sampler, tmp_path, adversarial):
+    """bf16 autocast: the same losses to bfloat16 accuracy after a few steps; weights stay float32."""
+    base = {**TINY, "train_res_m": [120], "k": 4, "adversarial": adversarial, "epochs": 1, "images": 32,
+            "log_steps": 1}
+    out = {p: _train(sampler, tmp_path, p, {**base, "precision": p}, resume=False) for p in ("float32", "bf16")}
+    l32 = [h["loss_l1"] for h in out["float32"]["history"] if h["scope"] == "steps"]
+    l16 = [h["loss_l1"] for h in out["bf16"]["history"] if h["scope"] == "steps"]
+    assert len(l32) == len(l16) == 4
+    assert np.allclose(l16, l32, rtol=0.05), (l16, l32)
+    assert l16 != l32                                                   # it did run in bfloat16
+    state = checkpoints.load_checkpoint(tmp_path / "bf16.pt")["state"]
+    assert all(v.dtype in (torch.float32, torch.int64) for net in state.values() for v in net.values())
+    assert load_embedder(tmp_path / "bf16.pt").config["precision"] == "bf16"

@@ -365,14 +365,21 @@ class PatchSampler:
         """``n`` places (lon, lat ``(n,)`` float64) uniform in the terrain's metric window.
 
         Rejects places whose patch at ``res_m`` or fractal target for ``k`` leaves the terrain or touches nodata,
-        and places outside ``region_lonlat``. Vectorised rejection sampling with ``rng`` (numpy Generator or
-        seed): the same seed gives the same places. ValueError if ``max_tries`` candidates (default
-        ``max(10000, 50 n)``) do not supply ``n`` places.
+        and places outside ``region_lonlat``. ``res_m`` may be a list of scales (Algorithm 1's ``Scales``: one
+        place serves every scale): a place is then kept only when its patch and target fit at each of them,
+        and candidates are drawn where the coarsest footprint fits (one scale in a list draws exactly the
+        places of that scale alone). Vectorised rejection sampling with ``rng`` (numpy Generator or seed): the
+        same seed gives the same places. ValueError if ``max_tries`` candidates (default ``max(10000, 50 n)``)
+        do not supply ``n`` places.
         """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"n = {n!r} must be a non-negative integer number of places")
         size, k = _check_size(size), _check_k(k)
-        res_m = self.check_res(res_m)
+        scales = [self.check_res(r) for r in (res_m if isinstance(res_m, (list, tuple, np.ndarray)) else [res_m])]
+        if not scales:
+            raise ValueError("res_m is an empty list; give one pixel size or a list of them (m/px)")
+        res_m = max(scales)
+        finer = sorted(set(scales) - {res_m})
         max_tries = max(10_000, 50 * n) if max_tries is None else int(max_tries)
         if max_tries < 1:
             raise ValueError(f"max_tries = {max_tries} must be >= 1")
@@ -393,18 +400,41 @@ class PatchSampler:
             ok = self._in_region(lon, lat)
             idx = np.flatnonzero(ok)
             # validate what callers will pass back: the lon/lat round trip moves places by up to ~0.5 mm
-            ok[idx] = self.valid_xy(*self.to_xy(lon[idx], lat[idx]), res_m, size, k)
+            x, y = self.to_xy(lon[idx], lat[idx])
+            ok[idx] = self.valid_xy(x, y, res_m, size, k)
+            for r in finer:                                   # multi-scale: every scale's patch and target
+                keep = ok[idx]
+                ok[idx[keep]] = self.valid_xy(x[keep], y[keep], r, size, k)
             found_lon.append(lon[ok])
             found_lat.append(lat[ok])
             have += int(ok.sum())
         if have < n:
-            raise ValueError(f"could draw only {have} of n = {n} places for {size} px patches at {res_m:g} m/px "
+            what = f"{res_m:g} m/px" if not finer else f"{', '.join(f'{r:g}' for r in sorted(scales))} m/px"
+            raise ValueError(f"could draw only {have} of n = {n} places for {size} px patches at {what} "
                              f"(k = {k}) in terrain {self.region!r} after {drawn} tries (max_tries = {max_tries}, "
                              f"acceptance {have / max(drawn, 1):.2%}): too much nodata, region or edge; "
                              f"lower n or raise max_tries")
         if n == 0:
             return np.empty(0), np.empty(0)
         return np.concatenate(found_lon)[:n], np.concatenate(found_lat)[:n]
+
+    def min_fractal_res_m(self, k: int, size: int = 17) -> float:
+        """The finest input scale (m/px) whose fractal target for ``k`` is not finer than native:
+        ``native * (size - 1) * k / size`` (k = 4, 17 px, 30 m native: 112.94 m/px)."""
+        return self.res_m * (_check_size(size) - 1) * _check_k(k) / size
+
+    def check_fractal_scales(self, scales, k: int, size: int = 17) -> list[float]:
+        """``scales`` (m/px) as floats; ValueError naming the ones whose fractal target for ``k`` would be finer
+        than native (the target is never interpolated up: it would carry no detail the input lacks)."""
+        values = [self.check_res(r, what="train_res_m") for r in scales]
+        floor = self.min_fractal_res_m(k, size)
+        bad = [r for r in values if r < floor * (1 - _REL_TOL)]
+        if bad:
+            raise ValueError(f"train_res_m {', '.join(f'{r:g}' for r in bad)} m/px with k = {k}: the fractal target "
+                             f"would have {', '.join(f'{self.target_res_m(r, k, size):.3g}' for r in bad)} m pixels, "
+                             f"finer than the terrain's native {self.res_m:g} m; with k = {k} use input scales "
+                             f">= {floor:.2f} m/px (or a smaller k)")
+        return values
 
 
 def _bilinear(level: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:

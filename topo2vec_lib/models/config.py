@@ -31,6 +31,11 @@ RUN_SETTINGS = ("name", "device", "workers", "threads")
 RUN_RECORDS = ("seed", "normalisation")
 """Keys a checkpoint stores beside the configuration (ignored when a configuration is read back)."""
 
+PRECISIONS = ("float32", "bf16")
+"""Training arithmetic of topo2vec: ``float32`` (exact: every operation in float32, the reference) or ``bf16``
+(``torch.autocast`` with bfloat16: convolutions and matrix products in bfloat16, losses, BatchNorm statistics,
+weights and the optimiser in float32; benchmarks/training.py measures both)."""
+
 
 # ---------------------------------------------------------------- checks (each returns the converted value)
 # the generic ones live in topo2vec_lib.checks (shared with the params.yaml schema); these are the models' own
@@ -135,6 +140,9 @@ class Topo2VecConfig(ModelConfig):
     d_input_upsample: str = setting("bilinear", choice("bilinear", "nearest"),
                                     "how d sees the 17 x 17 input at 64 x 64")
     embed_res_m: float = setting(30.0, number(), "default embedding scale, m/px (the probe scale)")
+    precision: str = setting("float32", choice(*PRECISIONS),
+                             "training arithmetic: float32 (exact, the reference) | bf16 (autocast)")
+    compile: bool = setting(False, boolean, "torch.compile the networks for training (pays back only on long runs)")
 
     def validate(self) -> None:
         if self.betas is None:

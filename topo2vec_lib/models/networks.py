@@ -160,11 +160,23 @@ def discriminator_input(x: torch.Tensor, y: torch.Tensor, mode: str = "bilinear"
 
     Both are resized to 64 x 64 over the same footprint (``align_corners=False`` maps pixel edges onto pixel
     edges); ``mode`` is ``"bilinear"`` (default, smooth) or ``"nearest"`` (the reference code).
+    ``discriminator_pair(input_at_64(x, mode), y)`` is the same computation with ``x`` resized once.
     """
+    return discriminator_pair(input_at_64(x, mode), y)
+
+
+def input_at_64(x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """The discriminator's view of the 17 x 17 input: ``(N, 1, 64, 64)`` by ``mode`` interpolation."""
     _check_choice("mode", mode, ("bilinear", "nearest"))
     size = Discriminator.SIZE
     kw = {"align_corners": False} if mode == "bilinear" else {}
-    x64 = F.interpolate(x, size=(size, size), mode=mode, **kw)
+    return F.interpolate(x, size=(size, size), mode=mode, **kw)
+
+
+def discriminator_pair(x64: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[x64, y]`` as ``(N, 2, 64, 64)``; ``y`` (the target or the output, ``16k x 16k``) resized to 64 x 64
+    bilinearly when it is not."""
+    size = Discriminator.SIZE
     if y.shape[-1] != size:
         y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False)
     return torch.cat([x64, y], dim=1)

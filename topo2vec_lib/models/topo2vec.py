@@ -31,7 +31,7 @@ from torch import nn
 from topo2vec_lib.models import checkpoints
 from topo2vec_lib.models.config import Topo2VecConfig
 from topo2vec_lib.models.embedder import TorchEmbedder, as_patch_batch
-from topo2vec_lib.models.networks import LATENT_DIM, Decoder, Discriminator, Encoder, discriminator_input
+from topo2vec_lib.models.networks import LATENT_DIM, Decoder, Discriminator, Encoder, discriminator_pair, input_at_64
 from topo2vec_lib.models.trainer import Method, adam, resolve_device
 from topo2vec_lib.sampler import PatchSampler
 
@@ -127,12 +127,13 @@ def sample_chunk(sampler: PatchSampler, cfg: Topo2VecConfig, seed: int, epoch: i
                  place_batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Fractal pairs for one chunk: per scale ``(x (M, 1, 17, 17), y (M, 1, 16k, 16k))`` float32, M places.
 
-    Places come from ``np.random.default_rng([seed, epoch, chunk])`` at the coarsest training scale (so
-    every scale's footprint fits the terrain); the same places serve every scale, as in Algorithm 1.
+    Places come from ``np.random.default_rng([seed, epoch, chunk])``, drawn where the coarsest scale's footprint
+    fits and kept only where every scale's patch and target do; the same places serve every scale, as in
+    Algorithm 1.
     """
     n_batches = min(cfg.chunk_batches, place_batches - chunk * cfg.chunk_batches)
     rng = np.random.default_rng([seed, epoch, chunk])
-    lon, lat = sampler.random_places(n_batches * cfg.batch_size, rng, max(cfg.train_res_m), size=17, k=cfg.k)
+    lon, lat = sampler.random_places(n_batches * cfg.batch_size, rng, list(cfg.train_res_m), size=17, k=cfg.k)
     out = []
     for res_m in cfg.train_res_m:
         x, y = sampler.fractal_pairs(lon, lat, res_m, cfg.k, size=17)
@@ -154,6 +155,8 @@ class Topo2VecMethod(Method):
         self.steps_per_batch = len(cfg.train_res_m)
         self.batches_per_epoch = max(1, cfg.images // (cfg.batch_size * self.steps_per_batch))
         self.l1, self.bce = nn.L1Loss(), nn.BCEWithLogitsLoss()
+        if sampler is not None and hasattr(sampler, "check_fractal_scales"):   # fail before any work
+            sampler.check_fractal_scales(cfg.train_res_m, cfg.k)
 
     def build(self) -> None:
         cfg = self.cfg
@@ -163,6 +166,10 @@ class Topo2VecMethod(Method):
             self.modules["discriminator"] = Discriminator(cfg.discriminator)
         for net in self.modules.values():
             _channels_last(net, self.device).train()
+        # what the step calls: the modules themselves or their compiled forms (sharing the same parameters;
+        # self.modules keeps the plain modules, whose state dicts the checkpoints hold)
+        self.nets = {name: torch.compile(net, dynamic=False) if cfg.compile else net
+                     for name, net in self.modules.items()}
         betas = (cfg.betas[0], cfg.betas[1]) if cfg.betas else (0.9, 0.999)
         f, g = self.modules["encoder"], self.modules["decoder"]
         if not cfg.adversarial:
@@ -187,26 +194,45 @@ class Topo2VecMethod(Method):
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(self.device).contiguous(memory_format=torch.channels_last)
 
+    def autocast(self):
+        """The arithmetic of the forward passes: bfloat16 autocast with ``precision: bf16``, else float32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
     def step(self, batch) -> dict[str, float]:
+        """One step of Algorithm 1. Losses are computed in float32 (the network outputs are cast up under bf16).
+
+        Adversarial: the discriminator sees the input resized to 64 x 64 once per step, and its parameters are
+        frozen while the generator's loss is backpropagated through it (their gradients would be discarded
+        before the discriminator's own step): the same arithmetic as computing both, in less time.
+        """
         x, y = batch
-        cfg, nets, opts = self.cfg, self.modules, self.optimizers
-        y_hat = nets["decoder"](nets["encoder"](x))
+        cfg, nets, opts = self.cfg, self.nets, self.optimizers
+        with self.autocast():
+            y_hat = nets["decoder"](nets["encoder"](x)).float()
         loss_l1 = self.l1(y_hat, y)
         if not cfg.adversarial:
             opts["generator"].zero_grad(set_to_none=True)
             loss_l1.backward()
             opts["generator"].step()
             return {"loss_l1": loss_l1.item()}
-        d, mode = nets["discriminator"], cfg.d_input_upsample
-        fake_logits = d(discriminator_input(x, y_hat, mode))
-        loss_gan = self.bce(fake_logits, torch.ones_like(fake_logits))
-        loss_g = cfg.lambda_l1 * loss_l1 + cfg.lambda_gan * loss_gan
-        opts["generator"].zero_grad(set_to_none=True)
-        loss_g.backward()
+        d = nets["discriminator"]
+        x64 = input_at_64(x, cfg.d_input_upsample)
+        fake = discriminator_pair(x64, y_hat)
+        self.modules["discriminator"].requires_grad_(False)
+        try:
+            with self.autocast():
+                fake_logits = d(fake).float()
+            loss_gan = self.bce(fake_logits, torch.ones_like(fake_logits))
+            loss_g = cfg.lambda_l1 * loss_l1 + cfg.lambda_gan * loss_gan
+            opts["generator"].zero_grad(set_to_none=True)
+            loss_g.backward()
+        finally:
+            self.modules["discriminator"].requires_grad_(True)
         opts["generator"].step()
-        opts["discriminator"].zero_grad(set_to_none=True)           # drop the generator step's grads on d
-        real_logits = d(discriminator_input(x, y, mode))
-        fake_logits = d(discriminator_input(x, y_hat.detach(), mode))
+        opts["discriminator"].zero_grad(set_to_none=True)
+        with self.autocast():
+            real_logits = d(discriminator_pair(x64, y)).float()
+            fake_logits = d(fake.detach()).float()
         loss_d = self.bce(real_logits, torch.ones_like(real_logits)) + \
             self.bce(fake_logits, torch.zeros_like(fake_logits))
         loss_d.backward()
