@@ -72,6 +72,8 @@ min_test_exp1 = None
 min_train_exp2 = None
 min_test_exp2 = None
 cnn_train_per_class = None    # supervised CNN baseline wish (drawn with jitter if short; reported, not enforced)
+jitter_sigma_m = None         # label noise (labels.perturb_labels): Gaussian offset sd, metres per axis; 0 = off
+drop_fraction = None          # label noise: share of each class's points dropped; 0 = off
 
 
 # %%
@@ -117,6 +119,10 @@ for region in ("train", "test"):
     seconds[region] = round(time.perf_counter() - t0, 2)
     tables.append(df)
 labels = pd.concat(tables, ignore_index=True)
+if jitter_sigma_m or drop_fraction:   # OSM-like noise (0 = off): points moved and some left unmapped, both regions
+    n_before = len(labels)
+    labels = L.perturb_labels(labels, float(jitter_sigma_m), float(drop_fraction), seed=seed)
+    print(f"label noise: moved by {jitter_sigma_m:g} m (sd per axis), kept {len(labels)} of {n_before} points")
 print({r: f"{terrains[r].shape} px, {s} s" for r, s in seconds.items()})
 
 # %% [markdown]
@@ -185,6 +191,7 @@ write_json(metrics_path, {
     "source": source,
     "seed": seed,
     "rules": rules,
+    "noise": {"jitter_sigma_m": jitter_sigma_m, "drop_fraction": drop_fraction},
     "area_km2": area_km2,
     "seconds": seconds,
     "counts": {r: {c: int(counts.loc[c, r]) for c in L.CLASSES} for r in ("train", "test")},

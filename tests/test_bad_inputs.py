@@ -337,6 +337,10 @@ PARAM_ROWS = [
     ParamRow("quantile above 1", "labels", "hut_min_elev_quantile", 1.5, "hut_min_elev_quantile=1.5"),
     ParamRow("prominence as text", "labels", "peak_prominence_m", "20 m", "peak_prominence_m='20 m'"),
     ParamRow("unknown label source", "labels", "source", "OSM", "labels.source='OSM': expected one of"),
+    ParamRow("negative label jitter", "labels", "jitter_sigma_m", -30.0, "labels.jitter_sigma_m=-30.0: expected a "
+             "finite number >= 0"),
+    ParamRow("every label dropped", "labels", "drop_fraction", 1.0, "labels.drop_fraction=1.0: expected a finite "
+             "number >= 0 and < 1"),
     ParamRow("label file of an unknown class", "labels", "label_files", {"volcano": "v.csv"},
              "label_files names unknown class(es) ['volcano']"),
     ParamRow("sinkhole areas inverted", "labels", "sinkhole_min_area_m2", 2.0e6,

@@ -310,3 +310,69 @@ def test_labels_notebook_smoke(tiny_terrain_dir, tmp_path, notebook_runner):
                                              for c in L.CLASSES}
         assert metrics["counts"][region]["peak"] >= 1
     assert (tmp_path / "plots" / "labels_map.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------- label noise
+def _noise_table(n_per=(10, 3, 1)):
+    """Labels at lat 47 (the study's latitudes): groups (peak, train) x n_per[0], (saddle, test) x n_per[1],
+    (cliff, train) x n_per[2], with an id column to follow rows and an OSM-style extra column."""
+    rows = []
+    for (cls, region), n in zip([("peak", "train"), ("saddle", "test"), ("cliff", "train")], n_per):
+        for i in range(n):
+            rows.append({"lon": 12.0 + 0.01 * i, "lat": 47.0 + 0.001 * len(rows), "class": cls, "source": "derived",
+                         "region": region, "osm_id": len(rows)})
+    return pd.DataFrame(rows)
+
+
+def test_perturb_labels_jitter_has_the_gaussian_displacement_it_promises():
+    from pyproj import Geod
+
+    n, sigma = 20_000, 60.0
+    df = pd.DataFrame({"lon": np.full(n, 12.0), "lat": np.full(n, 47.2), "class": "peak", "source": "derived",
+                       "region": "train"})
+    out = L.perturb_labels(df, sigma_m=sigma, seed=3)
+    az, _, dist = Geod(ellps="WGS84").inv(df["lon"].to_numpy(), df["lat"].to_numpy(), out["lon"].to_numpy(),
+                                          out["lat"].to_numpy())
+    east, north = dist * np.sin(np.radians(az)), dist * np.cos(np.radians(az))
+    assert abs(dist.mean() / (sigma * np.sqrt(np.pi / 2)) - 1) < 0.02          # Rayleigh mean: 75.2 m
+    assert abs(east.std() / sigma - 1) < 0.03 and abs(north.std() / sigma - 1) < 0.03
+    assert abs(east.mean()) < 4 * sigma / np.sqrt(n) and abs(north.mean()) < 4 * sigma / np.sqrt(n)
+    assert abs(np.corrcoef(east, north)[0, 1]) < 0.03
+    assert list(out.columns) == list(df.columns) and (out["class"] == "peak").all()
+
+
+def test_perturb_labels_is_reproducible_and_off_by_default():
+    df = _noise_table()
+    assert L.perturb_labels(df).equals(df)
+    assert L.perturb_labels(df, 0.0, 0.0, seed=9).equals(df)
+    a, b = L.perturb_labels(df, 30.0, 0.3, seed=1), L.perturb_labels(df, 30.0, 0.3, seed=1)
+    assert a.equals(b)
+    assert not np.allclose(a["lon"], L.perturb_labels(df, 30.0, 0.3, seed=2)["lon"])
+    assert df["lon"].iloc[0] == 12.0                                           # the input is not modified
+
+
+def test_perturb_labels_drops_a_share_of_every_class_but_never_all():
+    df = _noise_table((10, 3, 1))
+    out = L.perturb_labels(df, drop_fraction=0.3, seed=0)
+    counts = out.groupby(["class", "region"]).size().to_dict()
+    assert counts == {("peak", "train"): 7, ("saddle", "test"): 2, ("cliff", "train"): 1}   # 10-3, 3-1, 1-0
+    heavy = L.perturb_labels(df, drop_fraction=0.9, seed=0).groupby("class").size().to_dict()
+    assert heavy == {"peak": 1, "saddle": 1, "cliff": 1}                      # every class kept
+    assert set(out.columns) == set(df.columns) and (out["source"] == "derived").all()
+    assert np.array_equal(out[["lon", "lat"]].to_numpy(), df.set_index("osm_id").loc[out["osm_id"], ["lon", "lat"]]
+                          .to_numpy())                                        # no jitter asked: positions kept
+
+
+def test_perturb_labels_nested_drops_and_jitter_independent_of_the_drop():
+    df = _noise_table((40, 20, 5))
+    light, heavy = (L.perturb_labels(df, 50.0, f, seed=4) for f in (0.2, 0.5))
+    assert set(heavy["osm_id"]) < set(light["osm_id"])                        # nested
+    moved = L.perturb_labels(df, 50.0, 0.0, seed=4).set_index("osm_id")
+    assert np.array_equal(heavy[["lon", "lat"]].to_numpy(), moved.loc[heavy["osm_id"], ["lon", "lat"]].to_numpy())
+
+
+@pytest.mark.parametrize("kw", [{"sigma_m": -1.0}, {"sigma_m": float("nan")}, {"drop_fraction": 1.0},
+                                {"drop_fraction": -0.1}, {"sigma_m": True}])
+def test_perturb_labels_bad_values(kw):
+    with pytest.raises(ValueError, match=list(kw)[0]):
+        L.perturb_labels(_noise_table(), **kw)

@@ -1007,6 +1007,51 @@ def check_counts(df: pd.DataFrame, required: dict[str, int], region: str | None 
     return counts
 
 
+def perturb_labels(df: pd.DataFrame, sigma_m: float = 0.0, drop_fraction: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """Label noise like OpenStreetMap's: move every point and leave some unmapped.
+
+    Each point moves by an isotropic Gaussian offset with standard deviation ``sigma_m`` metres along each
+    axis (east and north; the distance moved is Rayleigh distributed, mean ``sigma_m * sqrt(pi / 2)``),
+    along the WGS84 geodesic. Then ``drop_fraction`` of the points of every (class, region) group are
+    dropped: ``round(drop_fraction * n)`` of them, never all (a non-empty group keeps at least one point).
+    Offsets and drops come from two separate streams of ``seed``: a point moves the same way whatever the
+    drop fraction, and a larger fraction drops a superset of the points a smaller one drops (nested
+    experiments). ``sigma_m = 0`` and ``drop_fraction = 0`` return the table unchanged. Every column is kept
+    (a moved point keeps its class, source and region; it may leave the terrain window, which the probes'
+    ``valid_places`` then skip); the row order is kept and the index reset.
+    """
+    if isinstance(sigma_m, bool) or not isinstance(sigma_m, (int, float)) or not np.isfinite(sigma_m) \
+            or sigma_m < 0:
+        raise ValueError(f"sigma_m={sigma_m!r}: expected a finite number of metres >= 0")
+    if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, (int, float)) \
+            or not 0 <= drop_fraction < 1:
+        raise ValueError(f"drop_fraction={drop_fraction!r}: expected a number in [0, 1)")
+    missing = [c for c in ("lon", "lat", "class", "region") if c not in df.columns]
+    if missing:
+        raise ValueError(f"label table lacks column(s) {missing}; required: {LABEL_COLUMNS}")
+    out = df.reset_index(drop=True).copy()
+    n = len(out)
+    if n == 0 or (sigma_m == 0 and drop_fraction == 0):
+        return out
+    if sigma_m > 0:
+        from pyproj import Geod
+
+        move = np.random.default_rng([int(seed), 0x4A17]).normal(0.0, float(sigma_m), size=(n, 2))  # east, north
+        azimuth = np.degrees(np.arctan2(move[:, 0], move[:, 1]))
+        lon, lat, _ = Geod(ellps="WGS84").fwd(out["lon"].to_numpy(float), out["lat"].to_numpy(float),
+                                              azimuth, np.hypot(move[:, 0], move[:, 1]))
+        out["lon"], out["lat"] = np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
+    if drop_fraction > 0:
+        rank = np.random.default_rng([int(seed), 0xD409]).permutation(n)   # drop order, nested across fractions
+        keep = np.ones(n, dtype=bool)
+        for group in out.groupby(["class", "region"], sort=False).indices.values():
+            idx = np.asarray(group, dtype=np.intp)
+            n_drop = min(int(round(drop_fraction * idx.size)), idx.size - 1)
+            keep[idx[np.argsort(rank[idx], kind="stable")[:n_drop]]] = False
+        out = out[keep].reset_index(drop=True)
+    return out
+
+
 def labels_for_terrain(terrain, source: str = "derived", *, seed: int = 0, rules: dict | None = None,
                        osm: dict | None = None, files: dict | None = None, progress: bool = False) -> pd.DataFrame:
     """The label table of one region from any source; every later stage reads the same columns.

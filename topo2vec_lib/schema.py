@@ -112,6 +112,7 @@ SECTION_CHECKS: dict[str, dict[str, C.Check]] = {
         **RULE_CHECKS,
         "min_train_exp1": C.integer(0), "min_test_exp1": C.integer(0), "min_train_exp2": C.integer(0),
         "min_test_exp2": C.integer(0), "cnn_train_per_class": C.integer(0),
+        "jitter_sigma_m": C.number(0.0, strict=False), "drop_fraction": C.number(0.0, strict=False, below=1.0),
     },
     "scale_selection": {
         "classes": CLASS_LIST, "scales_m": PIXEL_SIZES, "n": even_count, "seeds": seeds_check,
