@@ -16,7 +16,8 @@
 # Reads `params.yaml` -> `models[<model>]` merged over the `train` section (model keys win; `overrides`
 # win over both), samples from the **train** region `<terrain_dir>/train.zarr`, and writes
 # `models/<model>.pt` (a checkpoint `topo2vec_lib.models.load_embedder` reads),
-# `metrics/train_<model>.json` (final losses, images seen, wall time, images/s), `plots/loss_<model>.csv`
+# `metrics/train_<model>.json` (final losses, images seen, wall time, images/s; topo2vec also `test_l1`, the
+# held-out reconstruction loss on `heldout.test_pairs` fixed fractal pairs of the **test** region), `plots/loss_<model>.csv`
 # (the loss history: `scope` = `steps` rows every `log_steps` steps and one `epoch` row per epoch), and
 # for topo2vec models `plots/reconstructions_<model>.png` (inputs, targets, reconstructions at places of
 # the **test** region).
@@ -54,6 +55,7 @@ metrics_dir = "metrics"
 plots_dir = "plots"
 seed = None                   # None: the study seed from params.yaml
 overrides = {}                # merged over the model config (tests use it for tiny runs)
+test_pairs = None             # topo2vec: held-out fractal pairs at test-region places for `test_l1` (params `heldout`)
 
 # %%
 import time
@@ -66,7 +68,7 @@ from topo2vec_lib.checks import mapping, text
 from topo2vec_lib.models import model_config, train_model
 from topo2vec_lib.params import model_parameters
 from topo2vec_lib.sampler import PatchSampler
-from topo2vec_lib.schema import TOP_LEVEL_CHECKS
+from topo2vec_lib.schema import TOP_LEVEL_CHECKS, notebook_section
 from topo2vec_lib.storage import atomic_path, write_json
 from topo2vec_lib.terrain import open_region
 
@@ -74,6 +76,7 @@ text(nonempty=True)("model", model)
 mapping()("overrides", overrides)
 config, study_seed = model_parameters(model, params_path, overrides)
 seed = TOP_LEVEL_CHECKS["seed"]("seed", study_seed if seed is None else seed)
+notebook_section(globals(), "heldout", ["test_pairs"])   # checked (schema.py) before any work
 cfg = model_config(config, complete=True)          # params.yaml states every value of the model
 kind = cfg.KIND
 print(f"{model} (seed {seed}): {cfg.to_dict()}")
@@ -100,6 +103,14 @@ print(f"trained {model} in {time.perf_counter() - t0:.1f} s")
 history = result.get("history", [])
 metrics = {"model": model, "kind": kind, "config": cfg.to_dict(), "seed": seed,
            **{k: v for k, v in result.items() if k != "history"}}
+if kind == "topo2vec":   # held-out reconstruction loss: the same test-region pairs for every model of a scale set and k
+    from topo2vec_lib.models import load_embedder
+    from topo2vec_lib.models.topo2vec import heldout_l1
+
+    test_sampler = PatchSampler(open_region(terrain_dir, "test"))
+    metrics.update(heldout_l1(load_embedder(out_path), test_sampler, int(test_pairs), seed=seed))
+    print(f"held-out L1 on {test_pairs} test-region pairs: {metrics['test_l1']:.4f} "
+          f"(training loss {metrics['final_loss']:.4f})")
 write_json(Path(metrics_dir) / f"train_{model}.json", metrics)
 Path(plots_dir).mkdir(parents=True, exist_ok=True)
 with atomic_path(Path(plots_dir) / f"loss_{model}.csv") as tmp:
@@ -122,7 +133,6 @@ if kind == "topo2vec":
 
     embedder = load_embedder(out_path)
     k, res_m = embedder.config["k"], max(embedder.config["train_res_m"])
-    test_sampler = PatchSampler(open_region(terrain_dir, "test"))
     n_show = 6
     lon, lat = test_sampler.random_places(n_show, np.random.default_rng(seed), res_m, size=17, k=k)
     x, y = test_sampler.fractal_pairs(lon, lat, res_m, k)

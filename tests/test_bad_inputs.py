@@ -347,6 +347,7 @@ PARAM_ROWS = [
              "sinkhole_min_area_m2=2000000.0 is larger than sinkhole_max_area_m2=1000000.0"),
     ParamRow("unknown osm option", "labels", "osm", {"endpoint": "https://x", "timeout": 9}, "osm: unknown key(s) "
              "['timeout']"),
+    ParamRow("no held-out pairs", "heldout", "test_pairs", 0, "heldout.test_pairs=0: expected an integer >= 1"),
     ParamRow("seed 1.5", None, "seed", 1.5, "seed=1.5: expected an integer >= 0"),
     ParamRow("seed as text", None, "seed", "0", "seed='0': expected an integer >= 0"),
     ParamRow("res_m: thirty", "data", "res_m", "thirty", "data.res_m='thirty': expected a finite number > 0"),
@@ -398,7 +399,7 @@ def test_params_check_stage_refuses(row, tmp_path):
     assert row.fragment in str(err.value), f"{row.fragment!r} not in {str(err.value)!r}"
 
 
-NOTEBOOK_OF = {"data": "terrain", "labels": "labels", "scale_selection": "scale_selection", "exp1": "probe",
+NOTEBOOK_OF = {"data": "terrain", "labels": "labels", "heldout": "train", "scale_selection": "scale_selection", "exp1": "probe",
                "exp2": "probe", "exp3": "multiscale_maps", "exp4": "retrieval"}
 
 

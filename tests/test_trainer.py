@@ -200,6 +200,7 @@ def test_train_notebook_smoke(tmp_path, notebook_runner):
         "overrides": {"images": 16, "batch_size": 8, "epochs": 1, "log_steps": 1, "threads": 1}})
     metrics = json.loads((tmp_path / "metrics" / "train_topo2vec-4.json").read_text())
     assert metrics["images_seen"] == 16 and "history" not in metrics
+    assert metrics["test_pairs"] == 64 and metrics["test_l1"] > 0 and list(metrics["test_l1_per_scale"]) == ["120"]
     loss = pd.read_csv(tmp_path / "plots" / "loss_topo2vec-4.csv")
     assert {"step", "loss_l1", "scope"} <= set(loss.columns) and len(loss) == 3
     assert (tmp_path / "plots" / "reconstructions_topo2vec-4.png").stat().st_size > 0
@@ -272,3 +273,33 @@ def test_bf16_trains_close_to_float32_and_embeds_in_float32(sampler, tmp_path, a
     state = checkpoints.load_checkpoint(tmp_path / "bf16.pt")["state"]
     assert all(v.dtype in (torch.float32, torch.int64) for net in state.values() for v in net.values())
     assert load_embedder(tmp_path / "bf16.pt").config["precision"] == "bf16"
+
+
+def test_snapshots_are_the_shorter_runs_and_do_not_change_the_run(sampler, tmp_path):
+    """A snapshot after 4 steps (2 whole chunks) of a 64-image run is bit-identical to a 32-image run; taking it
+    leaves the longer run's weights unchanged (the networks go back to train mode)."""
+    base = {**TINY, "train_res_m": [30], "epochs": 1, "images": 64, "chunk_batches": 2}
+    full = _train(sampler, tmp_path, "long", base, resume=False, snapshots={4: tmp_path / "at4.pt", 99: tmp_path / "x"})
+    short = _train(sampler, tmp_path, "short", {**base, "images": 32}, resume=False)
+    plain = _train(sampler, tmp_path, "plain", base, resume=False)
+    assert full["steps"] == 8 and short["steps"] == 4 and not (tmp_path / "x").exists()
+    _same_weights(tmp_path / "at4.pt", tmp_path / "short.pt")
+    _same_weights(tmp_path / "long.pt", tmp_path / "plain.pt")
+
+
+def test_heldout_l1_is_the_mean_reconstruction_error_on_fixed_test_places(sampler, tmp_path):
+    from topo2vec_lib.models.topo2vec import HELDOUT_STREAM, heldout_l1
+
+    _train(sampler, tmp_path, "m", {**TINY, "epochs": 1, "images": 32}, resume=False)
+    model = load_embedder(tmp_path / "m.pt")
+    test = PatchSampler(make_terrain(relief(160, 9), center_lonlat=(7.6, 46.6), region="test"), threads=1)
+    a, b = heldout_l1(model, test, 40, seed=2), heldout_l1(model, test, 40, seed=2, batch=7)
+    assert a["test_pairs"] == 40 and set(a["test_l1_per_scale"]) == {"30", "45"}
+    assert a["test_l1"] == pytest.approx(np.mean(list(a["test_l1_per_scale"].values())))
+    assert a["test_l1_per_scale"]["30"] == pytest.approx(b["test_l1_per_scale"]["30"], rel=1e-6)  # batching
+    lon, lat = test.random_places(40, np.random.default_rng([2, HELDOUT_STREAM]), [30.0, 45.0], k=1)
+    x, y = test.fractal_pairs(lon, lat, 45.0, 1)                    # independent: the same places by hand
+    assert a["test_l1_per_scale"]["45"] == pytest.approx(float(np.abs(model.reconstruct(x) - y).mean()), rel=1e-5)
+    assert heldout_l1(model, test, 40, seed=3)["test_l1"] != a["test_l1"]
+    with pytest.raises(ValueError, match="positive number"):
+        heldout_l1(model, test, 0)

@@ -114,6 +114,7 @@ SECTION_CHECKS: dict[str, dict[str, C.Check]] = {
         "min_test_exp2": C.integer(0), "cnn_train_per_class": C.integer(0),
         "jitter_sigma_m": C.number(0.0, strict=False), "drop_fraction": C.number(0.0, strict=False, below=1.0),
     },
+    "heldout": {"test_pairs": C.integer(1)},
     "scale_selection": {
         "classes": CLASS_LIST, "scales_m": PIXEL_SIZES, "n": even_count, "seeds": seeds_check,
         "epochs": C.integer(1), "lr": C.number(), "min_neg_distance_m": C.number(0.0, strict=False),

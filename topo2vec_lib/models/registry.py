@@ -76,14 +76,15 @@ def _throughput(embedder: Embedder, sampler: PatchSampler, n: int, seed: int) ->
 def train_model(config: Mapping[str, Any] | ModelConfig, sampler: PatchSampler, *,
                 labels: pd.DataFrame | None = None, out_path: str | os.PathLike,
                 resume_path: str | os.PathLike | None = None, seed: int = 0, device: str = "auto",
-                progress: bool = True) -> dict:
+                progress: bool = True, snapshots: Mapping[int, str | os.PathLike] | None = None) -> dict:
     """Train (or, for fixed kinds, build) the model ``config`` on ``sampler`` (the TRAIN region); write ``out_path``.
 
     ``labels``: the label table (the supervised CNN only). ``device``: ``"auto"`` defers to ``config.device``.
     Learned kinds resume from ``resume_path`` when it holds a run of the same config and seed (another one: a
     warning and a fresh start) and delete it once ``out_path`` is written. Returns metrics (``images_seen``,
     ``wall_s``, ``images_per_s``, ``final_loss``, ``history``, ...; fixed kinds: ``dim`` and
-    ``embed_places_per_s``).
+    ``embed_places_per_s``). ``snapshots``: learned kinds, ``{step: path}`` of models saved on the way
+    (:func:`topo2vec_lib.models.trainer.fit`).
     """
     cfg = config if isinstance(config, ModelConfig) else model_config(config)
     spec = MODELS[cfg.KIND]
@@ -101,7 +102,7 @@ def train_model(config: Mapping[str, Any] | ModelConfig, sampler: PatchSampler, 
                 "dim": emb.dim, "embed_places_per_s": rate, **extra}
     dev = resolve_device(cfg.device if str(device) == "auto" else device)
     method = spec.method(cfg, sampler, labels=labels, seed=seed, device=dev)
-    return fit(method, out_path=out_path, resume_path=resume_path, progress=progress)
+    return fit(method, out_path=out_path, resume_path=resume_path, progress=progress, snapshots=snapshots)
 
 
 def load_embedder(path: str | os.PathLike, device: str | torch.device = "cpu") -> Embedder:

@@ -251,3 +251,33 @@ def make_method(cfg: Topo2VecConfig, sampler: PatchSampler, *, labels=None, seed
                 device: torch.device) -> Topo2VecMethod:
     """The topo2vec method for :func:`topo2vec_lib.models.trainer.fit` (``labels`` unused: self-supervised)."""
     return Topo2VecMethod(cfg, sampler, seed=seed, device=device)
+
+
+HELDOUT_STREAM = 0x7E57
+"""Offset of the random stream of the held-out places (kept apart from training's ``[seed, epoch, chunk]``)."""
+
+
+def heldout_l1(model: Topo2Vec, sampler: PatchSampler, n: int, seed: int = 0, batch: int = 512) -> dict:
+    """Held-out reconstruction loss: mean L1 of ``g(f(x))`` against ``y`` over ``n`` fixed fractal pairs.
+
+    ``sampler`` should be the TEST region's. Places: ``sampler.random_places(n, [seed, 0x7E57], scales, k)``
+    with the model's ``train_res_m`` and ``k``, so every model with the same scales and k (a training-length,
+    window or precision family) is scored on the same pairs. The model runs in eval mode (BatchNorm running
+    statistics), in float32. Returns ``{"test_l1": mean over scales, "test_l1_per_scale": {"<m/px>": l1},
+    "test_pairs": n}``; the L1 is in the target's normalised units (the training loss's).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n={n!r}: expected a positive number of held-out pairs")
+    if model.decoder is None:
+        raise ValueError(f"{model.name}: the checkpoint has no decoder, no reconstruction loss")
+    k, scales = int(model.config["k"]), [float(r) for r in model.config["train_res_m"]]
+    lon, lat = sampler.random_places(int(n), np.random.default_rng([int(seed), HELDOUT_STREAM]), scales, size=17,
+                                     k=k)
+    per_scale = {}
+    for res_m in scales:
+        total = 0.0
+        for start in range(0, lon.size, batch):
+            x, y = sampler.fractal_pairs(lon[start:start + batch], lat[start:start + batch], res_m, k)
+            total += float(np.abs(model.reconstruct(x) - y).sum(dtype=np.float64))
+        per_scale[f"{res_m:g}"] = total / (lon.size * (16 * k) ** 2)
+    return {"test_l1": float(np.mean(list(per_scale.values()))), "test_l1_per_scale": per_scale, "test_pairs": int(n)}

@@ -26,7 +26,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,18 +163,23 @@ def _chunks_per_epoch(method: Method) -> int:
 
 
 def fit(method: Method, *, out_path: str | os.PathLike, resume_path: str | os.PathLike | None = None,
-        progress: bool = True) -> dict:
+        progress: bool = True, snapshots: Mapping[int, str | os.PathLike] | None = None) -> dict:
     """Train ``method`` (resuming from ``resume_path`` when it holds this config and seed), save its embedder to
     ``out_path`` atomically, delete the resume file; returns metrics (``images_seen``, ``steps``, ``wall_s``,
-    ``images_per_s``, ``final_loss``, ``final_losses``, ``resumed_from_step``, ``device``, ``history``, ...)."""
+    ``images_per_s``, ``final_loss``, ``final_losses``, ``resumed_from_step``, ``device``, ``history``, ...).
+
+    ``snapshots``: ``{step: path}``: the embedder as it is after that many steps is also saved there (a run
+    of N images gives the models of every shorter run on the way: the same data except a shorter run's
+    last, partial chunk). A resumed run writes the snapshots it passes again."""
     cfg = method.cfg
     with torch_threads(cfg.threads):
         torch.manual_seed(method.seed)
         method.build()
-        return _fit(method, out_path=out_path, resume_path=resume_path, progress=progress)
+        return _fit(method, out_path=out_path, resume_path=resume_path, progress=progress,
+                    snapshots=dict(snapshots or {}))
 
 
-def _fit(method: Method, *, out_path, resume_path, progress: bool) -> dict:
+def _fit(method: Method, *, out_path, resume_path, progress: bool, snapshots: dict | None = None) -> dict:
     cfg, seed = method.cfg, method.seed
     key = cfg.run_key(seed)
     n_chunks = _chunks_per_epoch(method)
@@ -253,6 +258,10 @@ def _fit(method: Method, *, out_path, resume_path, progress: bool) -> dict:
                 if bad:
                     raise stop(f"non-finite loss {bad} at step {step + 1} (epoch {epoch}, chunk {chunk})")
                 step += 1
+                if snapshots and step in snapshots:
+                    method.embedder().save(snapshots[step])
+                    for module in method.modules.values():     # the embedder puts the networks in eval mode
+                        module.train()
                 window.add(losses)
                 epoch_losses.add(losses)
                 bar.update(1)
