@@ -281,7 +281,7 @@ def test_snapshots_are_the_shorter_runs_and_do_not_change_the_run(sampler, tmp_p
     base = {**TINY, "train_res_m": [30], "epochs": 1, "images": 64, "chunk_batches": 2}
     full = _train(sampler, tmp_path, "long", base, resume=False, snapshots={4: tmp_path / "at4.pt", 99: tmp_path / "x"})
     short = _train(sampler, tmp_path, "short", {**base, "images": 32}, resume=False)
-    plain = _train(sampler, tmp_path, "plain", base, resume=False)
+    _train(sampler, tmp_path, "plain", base, resume=False)
     assert full["steps"] == 8 and short["steps"] == 4 and not (tmp_path / "x").exists()
     _same_weights(tmp_path / "at4.pt", tmp_path / "short.pt")
     _same_weights(tmp_path / "long.pt", tmp_path / "plain.pt")
