@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup repro test lint bench lab clean-env
+.PHONY: setup repro test lint bench lab clean-env ablations ablations-estimate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ test: lint
 
 bench: setup
 	for b in sampler training regional; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/$$b.py || exit 1; done
+
+# Issue 15's ablation families (notebooks/ablations.py; params.yaml `ablations`): SIZE=full (about two hours on the
+# 2-core machine; the notebook prints its estimate first) or SIZE=tiny (two points per family, minutes). Not part
+# of `dvc repro`; trained models and probe results are cached in models/ablations/, so a re-run does only what is new.
+SIZE ?= full
+ablations: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro labels
+	PATH=$(abspath $(BIN)):$$PATH notebooks/run.sh ablations ablations -p params_path params.yaml -p size $(SIZE)
+
+ablations-estimate: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro labels
+	PATH=$(abspath $(BIN)):$$PATH notebooks/run.sh ablations ablations_estimate -p params_path params.yaml \
+	  -p size $(SIZE) -p estimate_only True
 
 lab: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/jupyter lab
