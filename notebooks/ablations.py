@@ -105,15 +105,18 @@ pd.DataFrame([{"training": t.label, "also": ", ".join(t.aliases), "k": t.config[
 # (its load included), then spreads the missing work over `jobs` processes.
 
 # %%
-ctx = A.context(params, terrain_dir, labels_dir, cache_dir, plan.windows_km, api=api)
+ctx = A.context(params, terrain_dir, labels_dir, cache_dir, api=api)
+ctx.terrains.update({f"window={km:g}": p for km, p in A.existing_windows(ctx, plan.windows_km).items()})
 calibration = A.calibrate(ctx, plan)
 estimate = A.estimate(plan, ctx, calibration, settings["jobs"])
 print("calibration:", {k: v for k, v in calibration.items()})
-print(f"to do: {estimate['trainings']} trainings ({estimate['train_images']:,} images, "
-      f"{estimate['train_s_total'] / 60:.0f} min of one core), {estimate['probe_sets']} probe sets "
-      f"({estimate['probe_fits']} fits, {estimate['probe_s_total'] / 60:.0f} min of one core); "
-      f"estimated wall time with {settings['jobs']} jobs: {estimate['wall_s'] / 60:.0f} min "
+print(f"to do: window terrains {estimate['terrain_s'] / 60:.0f} min, {estimate['trainings']} trainings "
+      f"({estimate['train_images']:,} images, {estimate['train_s_total'] / 60:.0f} min of one core), "
+      f"{estimate['probe_sets']} probe sets ({estimate['probe_fits']} fits, {estimate['probe_s_total'] / 60:.0f} min "
+      f"of one core); estimated wall time with {settings['jobs']} jobs: {estimate['wall_s'] / 60:.0f} min "
       f"(load average now {os.getloadavg()[0]:.1f})")
+if not estimate_only:
+    A.add_windows(ctx, plan.windows_km)
 
 # %% [markdown]
 # ## Train (cached: a second run trains only what is missing)

@@ -475,3 +475,18 @@ def test_fractal_scales_never_ask_for_a_target_finer_than_native():
     cfg = Topo2VecConfig.from_dict({"k": 4, "train_res_m": [30, 60, 120]})
     with pytest.raises(ValueError, match=r">= 112.94 m/px"):                  # before any training work
         Topo2VecMethod(cfg, s, seed=0, device=torch.device("cpu"))
+
+
+def test_nan_free_levels_skip_the_nodata_check_with_the_same_places():
+    """The nodata check samples every candidate's patch and target; on levels without NaN it cannot fail and is
+    skipped: the places are the same as with the check forced."""
+    s = PatchSampler(rough_terrain(160, seed=6))
+    assert not any(s._level_has_nan)
+    fast = s.random_places(120, np.random.default_rng(1), [60.0, 120.0], k=2)
+    s._level_has_nan = [True] * len(s.pyramid)
+    slow = s.random_places(120, np.random.default_rng(1), [60.0, 120.0], k=2)
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
+    z = rough_terrain(160, seed=6).values.copy()
+    z[10, 10] = np.nan
+    assert all(PatchSampler(make_terrain(z))._level_has_nan)             # one NaN pixel reaches every level

@@ -49,6 +49,8 @@ from topo2vec_lib import paper
 from topo2vec_lib.storage import atomic_path, read_json, write_json
 
 FAMILIES = ("length", "scale", "k", "window", "label_noise")
+TERRAIN_S_PER_MPX = 15.0
+"""Seconds per million pixels to make a synthetic window (88 km, 8.6 Mpx: 127 s on the 2-core machine at load 4)."""
 KEY_IGNORED = ("name", "device", "workers", "threads")
 """Configuration keys that do not change what a training computes (left out of the cache key)."""
 
@@ -339,6 +341,22 @@ def terrain_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def window_paths(data: Mapping, seed: int, sizes_km: Sequence[float], out_dir: str | os.PathLike) -> dict[float, Path]:
+    """Where :func:`window_terrains` keeps each window: named by size and a hash of the data settings, the seed
+    and the largest size (the crops depend on it)."""
+    sizes = sorted(float(v) for v in sizes_km)
+    tag = hashlib.sha1(json.dumps([dict(data), seed, sizes[-1]], sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return {km: Path(out_dir) / f"train_{km:g}km_{tag}.zarr" for km in sizes}
+
+
+def existing_windows(ctx: Context, sizes_km: Sequence[float]) -> dict[float, Path]:
+    """The window terrains already made (nothing is generated)."""
+    if not sizes_km:
+        return {}
+    paths = window_paths(ctx.params["data"], int(ctx.params["seed"]), sizes_km, ctx.cache_dir / "terrain")
+    return {km: p for km, p in paths.items() if p.exists()}
+
+
 def window_terrains(data: Mapping, seed: int, sizes_km: Sequence[float], out_dir: str | os.PathLike,
                     progress: Callable[[str], None] = print) -> dict[str, Path]:
     """Train-region terrains for the window family: the largest window loaded once (``data`` is params.yaml
@@ -346,12 +364,10 @@ def window_terrains(data: Mapping, seed: int, sizes_km: Sequence[float], out_dir
     ``<out_dir>/train_<km>km.zarr`` (made once, reused). Returns ``{"window=<km>": path}``."""
     from topo2vec_lib.terrain import load_terrain, open_terrain, save_terrain
 
-    out_dir = Path(out_dir)
     sizes = sorted(float(v) for v in sizes_km)
     if not sizes:
         return {}
-    tag = hashlib.sha1(json.dumps([dict(data), seed, sizes[-1]], sort_keys=True, default=str).encode()).hexdigest()[:8]
-    paths = {km: out_dir / f"train_{km:g}km_{tag}.zarr" for km in sizes}
+    paths = window_paths(data, seed, sizes, out_dir)
     if not all(p.exists() for p in paths.values()):
         t0 = time.perf_counter()
         big = load_terrain(data["source"], "train", center_lonlat=data["train_center"], size_km=sizes[-1],
@@ -510,7 +526,8 @@ class Context:
 
 def context(params: Mapping, terrain_dir, labels_dir, cache_dir, windows_km: Sequence[float] = (), *, api: Api,
             progress: Callable[[str], None] = print) -> Context:
-    """The run's :class:`Context`: the study terrain (``<terrain_dir>/{train,test}.zarr``) and the window crops."""
+    """The run's :class:`Context`: the study terrain (``<terrain_dir>/{train,test}.zarr``) and the window crops
+    (made now when ``windows_km`` is given; :func:`add_windows` later)."""
     terrain_dir, cache_dir = Path(terrain_dir), Path(cache_dir)
     ctx = Context(params, terrain_dir, Path(labels_dir), cache_dir, api)
     for name, region in (("default", "train"), ("test", "test")):
@@ -519,15 +536,23 @@ def context(params: Mapping, terrain_dir, labels_dir, cache_dir, windows_km: Seq
             raise FileNotFoundError(f"{path} does not exist: build the study data first (dvc repro labels)")
         ctx.terrains[name] = path
     if windows_km:
-        ctx.terrains.update(window_terrains(params["data"], int(params["seed"]), windows_km,
-                                            cache_dir / "terrain", progress))
+        add_windows(ctx, windows_km, progress)
     return ctx
 
 
+def add_windows(ctx: Context, windows_km: Sequence[float], progress: Callable[[str], None] = print) -> None:
+    """Make (once) and register the window family's train terrains."""
+    ctx.terrains.update(window_terrains(ctx.params["data"], int(ctx.params["seed"]), windows_km,
+                                        ctx.cache_dir / "terrain", progress))
+
+
 def training_specs(plan: Plan, ctx: Context, threads: int = 1) -> list[dict]:
-    """The trainings not yet in the cache (model and metrics files), as :func:`train_job` specs."""
+    """The trainings not yet in the cache (model and metrics files), as :func:`train_job` specs. Trainings on a
+    window terrain not made yet are left out (:func:`estimate` counts them)."""
     specs = []
     for t in plan.trainings:
+        if t.terrain not in ctx.terrains:
+            continue
         out = ctx.model_path(t)
         snaps: dict[int, list] = {t.steps_for(n): [str(ctx.model_path(t, n)), n] for n in t.snapshot_images}
         missing = [p for p in [out, *(Path(str(v[0])) for v in snaps.values())]
@@ -655,18 +680,32 @@ def rate_key(config: Mapping) -> str:
 
 
 def estimate(plan: Plan, ctx: Context, calibration: Mapping, jobs: int) -> dict:
-    """Seconds the missing trainings and probes will take: images / measured rate, probe fits x measured cost,
-    spread over ``jobs`` processes (longest first, so about the larger of the total / jobs and the longest job)."""
-    specs = training_specs(plan, ctx)
+    """Seconds the missing work will take: window terrains not made yet (:data:`TERRAIN_S_PER_MPX`), trainings
+    (images / the measured rate of their kind) and probe fits (x the measured cost of one), the last two spread
+    over ``jobs`` processes (longest first: about the larger of total / jobs and the longest training)."""
+    configs = [sp["config"] for sp in training_specs(plan, ctx)]
+    configs += [t.config for t in plan.trainings if t.terrain not in ctx.terrains]
     rates = calibration["train_images_per_s"]
-    train_s = [float(sp["config"]["images"]) / rates[rate_key(sp["config"])] for sp in specs]
-    probes = [sp for sp in probe_specs(plan, ctx) if not Path(sp["cache"]).exists()]
-    fits = sum(len(sp["classes"]) * sp["seeds"] * sum(len(g) for g in sp["groups"].values()) for sp in probes)
+    train_s = [float(c["images"]) / rates[rate_key(c)] for c in configs]
+    pending = [km for km in plan.windows_km if f"window={km:g}" not in ctx.terrains]
+    res = float(ctx.params["data"]["res_m"])
+    terrain_s = TERRAIN_S_PER_MPX * (max(pending) * 1000 / res) ** 2 / 1e6 if pending else 0.0
+    if pending:                                       # probe sets of window models not made yet: count their fits
+        probes = [p for p in plan.probes if p.family != "window"]
+        window_fits = sum(len(s["classes"]) * s["seeds"] * len(p.models) for p in plan.probes
+                          if p.family == "window" for s in [plan.settings])
+    else:
+        probes, window_fits = plan.probes, 0
+    specs = [sp for sp in probe_specs(Plan(plan.settings, plan.trainings, probes, plan.windows_km), ctx)
+             if not Path(sp["cache"]).exists()]
+    fits = window_fits + sum(len(sp["classes"]) * sp["seeds"] * sum(len(g) for g in sp["groups"].values())
+                             for sp in specs)
     probe_s = fits * float(calibration["probe_s_per_fit"] or 0.0)
-    spread = max(sum(train_s) / jobs, max(train_s, default=0.0)) + probe_s / jobs
-    return {"trainings": len(specs), "train_images": int(sum(sp["config"]["images"] for sp in specs)),
-            "train_s_total": sum(train_s), "probe_sets": len(probes), "probe_fits": fits, "probe_s_total": probe_s,
-            "jobs": jobs, "wall_s": spread}
+    spread = terrain_s + max(sum(train_s) / jobs, max(train_s, default=0.0)) + probe_s / jobs
+    return {"trainings": len(configs), "train_images": int(sum(c["images"] for c in configs)),
+            "train_s_total": sum(train_s), "terrain_s": terrain_s,
+            "probe_sets": len(specs) + (len([p for p in plan.probes if p.family == "window"]) if pending else 0),
+            "probe_fits": fits, "probe_s_total": probe_s, "jobs": jobs, "wall_s": spread}
 
 
 # ------------------------------------------------------------------------------------------------ results

@@ -176,6 +176,7 @@ class PatchSampler:
         if not np.isfinite(self.pyramid[0]).any():
             raise NodataError(f"terrain {self.region!r} ({terrain.shape[0]} x {terrain.shape[1]} px) is 100% nodata "
                               f"(NaN): there is nothing to sample")
+        self._level_has_nan = [bool(np.isnan(level).any()) for level in self.pyramid]
         self.threads = max(1, min(os.cpu_count() or 1, 4)) if threads is None else max(1, int(threads))
         self._wkt = self.crs.to_wkt()
 
@@ -350,7 +351,7 @@ class PatchSampler:
         ok = self.inside_xy(x, y, res_m, size)
         for r, s in checks:
             idx = np.flatnonzero(ok)
-            if idx.size:
+            if idx.size and self._level_has_nan[self.level_for(r)]:   # a level without NaN cannot fail the check
                 ok[idx] = ~np.isnan(self._sample_xy(x[idx], y[idx], r, s)).any(axis=(1, 2))
         return ok
 
