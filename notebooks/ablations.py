@@ -53,6 +53,7 @@ k = None
 window = None
 label_noise = None
 tiny = None
+seed = None                   # the study seed (params.yaml top level)
 terrain_dir = "data/terrain"
 labels_dir = "data/labels"
 cache_dir = "models/ablations"
@@ -63,9 +64,14 @@ estimate_only = False         # plan, calibrate and print the estimate, train no
 
 # %%
 from topo2vec_lib import ablations as A
-from topo2vec_lib.params import load_params, notebook_parameters
+from topo2vec_lib.checks import boolean, text
+from topo2vec_lib.params import load_params
+from topo2vec_lib.schema import notebook_section
 
-notebook_parameters(globals(), "ablations", list(A.PARAMS_KEYS))
+# every value is checked (topo2vec_lib/schema.py: families, counts, model names) before any work
+notebook_section(globals(), "ablations", local={
+    **{k: text(nonempty=True) for k in ("terrain_dir", "labels_dir", "cache_dir", "metrics_path", "plots_dir",
+                                         "tables_dir")}, "estimate_only": boolean})
 
 # %%
 import os
@@ -87,6 +93,7 @@ from topo2vec_lib.storage import atomic_path, write_json
 t_start = time.perf_counter()
 params = load_params(params_path)
 params["ablations"] = {key: globals()[key] for key in A.PARAMS_KEYS}
+params["seed"] = seed
 api = A.Api(train_model, load_embedder, model_config)
 plan = A.make_plan(params, api=api)
 settings = plan.settings

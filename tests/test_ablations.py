@@ -29,6 +29,12 @@ def fake_flops(config) -> float:
     return 10.0 + config["k"]
 
 
+def test_the_schema_knows_the_families_and_keys():
+    from topo2vec_lib import schema
+
+    assert schema.ABLATION_FAMILIES == A.FAMILIES and set(schema.ABLATIONS) == set(A.PARAMS_KEYS)
+
+
 def test_settings_tiny_merges_and_bad_values_fail():
     params = study_params()
     full, tiny = A.settings_of(params), A.settings_of(params, "tiny")

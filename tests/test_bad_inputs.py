@@ -348,6 +348,15 @@ PARAM_ROWS = [
     ParamRow("unknown osm option", "labels", "osm", {"endpoint": "https://x", "timeout": 9}, "osm: unknown key(s) "
              "['timeout']"),
     ParamRow("no held-out pairs", "heldout", "test_pairs", 0, "heldout.test_pairs=0: expected an integer >= 1"),
+    ParamRow("ablation size huge", "ablations", "size", "huge", "ablations.size='huge': expected one of"),
+    ParamRow("unknown ablation family", "ablations", "families", ["length", "depth"],
+             "ablations.families[1]='depth': expected one of"),
+    ParamRow("k = 3 in the k family", "ablations", "k", {"base": "topo2vec-4", "k": [1, 3], "input_res_m": 30,
+             "equal": "flops"}, "k.k[1]=3: expected a power of two"),
+    ParamRow("label noise dropping everything", "ablations", "label_noise",
+             {"models": ["id"], "points": [[30, 1.0]]}, "label_noise.points[0][1]=1.0"),
+    ParamRow("ablation of an untrained model", "ablations", "window", {"models": ["topo2vec-8"], "size_km": [44]},
+             "ablations.window.models names model 'topo2vec-8'", notebook=False),
     ParamRow("seed 1.5", None, "seed", 1.5, "seed=1.5: expected an integer >= 0"),
     ParamRow("seed as text", None, "seed", "0", "seed='0': expected an integer >= 0"),
     ParamRow("res_m: thirty", "data", "res_m", "thirty", "data.res_m='thirty': expected a finite number > 0"),
@@ -399,7 +408,8 @@ def test_params_check_stage_refuses(row, tmp_path):
     assert row.fragment in str(err.value), f"{row.fragment!r} not in {str(err.value)!r}"
 
 
-NOTEBOOK_OF = {"data": "terrain", "labels": "labels", "heldout": "train", "scale_selection": "scale_selection", "exp1": "probe",
+NOTEBOOK_OF = {"data": "terrain", "labels": "labels", "heldout": "train", "ablations": "ablations",
+               "scale_selection": "scale_selection", "exp1": "probe",
                "exp2": "probe", "exp3": "multiscale_maps", "exp4": "retrieval"}
 
 

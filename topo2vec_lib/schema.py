@@ -98,6 +98,47 @@ _PROBE: dict[str, C.Check] = {
     "svm_C": C.list_of(C.number(), "positive SVM C values", distinct=True), "reference": MODEL_NAME,
 }
 
+ABLATION_FAMILIES = ("length", "scale", "k", "window", "label_noise")
+"""The families of ``topo2vec_lib.ablations.FAMILIES`` (named here so reading params.yaml never imports the runner;
+tests/test_ablations.py checks they agree)."""
+
+
+def _power_of_two(key: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1):
+        raise ValueError(f"{key}={v!r}: expected a power of two >= 1 (1, 2, 4, 8, ...)")
+    return v
+
+
+def _noise_point(key: str, v: Any) -> list:
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise ValueError(f"{key}={v!r}: expected [jitter_sigma_m, drop_fraction]")
+    C.number(0.0, strict=False)(f"{key}[0]", v[0])
+    C.number(0.0, strict=False, below=1.0)(f"{key}[1]", v[1])
+    return list(v)
+
+
+_ABLATION_FAMILY_KEYS: dict[str, dict[str, C.Check]] = {
+    "length": {"models": MODEL_LIST, "images": C.list_of(C.integer(1), "image counts", distinct=True)},
+    "scale": {"models": MODEL_LIST, "probe_res_m": PIXEL_SIZES, "multiscale": C.mapping(values=PIXEL_SIZES)},
+    "k": {"base": MODEL_NAME, "k": C.list_of(_power_of_two, "fractal factors", distinct=True),
+          "input_res_m": C.number(), "equal": C.choice("flops", "images")},
+    "window": {"models": MODEL_LIST, "size_km": C.list_of(C.number(), "window sizes in km", distinct=True)},
+    "label_noise": {"models": MODEL_LIST,
+                    "points": C.list_of(_noise_point, "[jitter_sigma_m, drop_fraction] points")},
+}
+_ABLATION_TOP: dict[str, C.Check] = {
+    "size": C.choice("full", "tiny"),
+    "families": C.list_of(C.choice(*ABLATION_FAMILIES), "ablation families", distinct=True),
+    "reference": MODEL_NAME, "classes": CLASS_LIST, "seeds": C.integer(1), "train_seeds": C.integer(1),
+    "res_m": C.number(), "images_scale": C.number(), "jobs": C.integer(1),
+}
+ABLATIONS: dict[str, C.Check] = {
+    **_ABLATION_TOP,
+    **{family: C.mapping(keys=keys, required=True) for family, keys in _ABLATION_FAMILY_KEYS.items()},
+    "tiny": C.mapping(keys={**_ABLATION_TOP, **{f: C.mapping(keys=k) for f, k in _ABLATION_FAMILY_KEYS.items()}}),
+}
+"""The ``ablations`` section (notebooks/ablations.py, ``make ablations``); ``tiny`` overrides any of its keys."""
+
 SECTION_CHECKS: dict[str, dict[str, C.Check]] = {
     "data": {
         "source": C.choice(*SOURCES), "crs": crs_check, "res_m": C.number(), "size_km": C.number(),
@@ -121,6 +162,7 @@ SECTION_CHECKS: dict[str, dict[str, C.Check]] = {
     },
     "exp1": _PROBE,
     "exp2": _PROBE,
+    "ablations": ABLATIONS,
     "exp3": {
         "model": MODEL_NAME, "classes": CLASS_LIST, "box_lonlat": C.optional(C.lonlat_box), "box_km": C.number(),
         "scales_m": PIXEL_SIZES, "stride_m": C.number(), "n_train": even_count, "upsample_finer": C.boolean,
@@ -176,6 +218,16 @@ def _model_refs(name: str, v: Mapping[str, Any]) -> list[tuple[str, str]]:
         return [("model", v["model"])]
     if name == "exp4":
         return [("model", v["model"])] + [("baselines", m) for m in v["baselines"]]
+    if name == "ablations":
+        refs = [("reference", v["reference"])]
+        for block, where in ((v, ""), (v.get("tiny", {}), "tiny.")):
+            for family in ABLATION_FAMILIES:
+                f = block.get(family, {})
+                refs += [(f"{where}{family}.models", m) for m in f.get("models", [])]
+                refs += [(f"{where}{family}.multiscale", m) for m in f.get("multiscale", {}) or {}]
+                if "base" in f:
+                    refs.append((f"{where}{family}.base", f["base"]))
+        return refs
     return []
 
 
