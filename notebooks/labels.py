@@ -72,8 +72,8 @@ min_test_exp1 = None
 min_train_exp2 = None
 min_test_exp2 = None
 cnn_train_per_class = None    # supervised CNN baseline wish (drawn with jitter if short; reported, not enforced)
-jitter_sigma_m = None         # label noise (labels.perturb_labels): Gaussian offset sd in metres per axis, 0 = off
-drop_fraction = None          # label noise: share of the points of each class dropped, 0 = off
+jitter_sigma_m = None         # label noise (labels.perturb_labels): Gaussian offset sd in metres per axis (0: off)
+drop_fraction = None          # label noise: share of the points of each class dropped (0: off)
 
 
 # %%

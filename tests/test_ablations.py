@@ -163,6 +163,9 @@ def test_tiny_ablations_end_to_end(tmp_path, notebook_runner):
            "labels_dir": str(data / "labels"), "cache_dir": str(tmp_path / "cache"),
            "metrics_path": str(tmp_path / "metrics" / "ablations.json"), "plots_dir": str(tmp_path / "plots" / "abl"),
            "tables_dir": str(tmp_path / "tables")}
+    notebook_runner("ablations", tmp_path / "nb0", {**run, "estimate_only": True})     # plan and estimate only
+    assert not (tmp_path / "metrics" / "ablations.json").exists()
+    assert not list((tmp_path / "cache").glob("topo2vec-*.pt"))                  # nothing trained
     notebook_runner("ablations", tmp_path / "nb", run)
     metrics = json.loads((tmp_path / "metrics" / "ablations.json").read_text())
     assert metrics["size"] == "tiny" and set(metrics["families"]) == set(A.FAMILIES)

@@ -769,6 +769,8 @@ def training_table(plan: Plan, ctx: Context) -> pd.DataFrame:
     """Per trained model and length: images, held-out L1, training loss, wall time (from the cache's json)."""
     out = []
     for t in plan.trainings:
+        if t.terrain not in ctx.terrains:                 # a window not made yet (an estimate-only run)
+            continue
         for n in (*t.snapshot_images, int(t.config["images"])):
             path = ctx.model_path(t, None if n == int(t.config["images"]) else n).with_suffix(".json")
             if not path.exists():
