@@ -191,3 +191,16 @@ def test_tiny_ablations_end_to_end(tmp_path, notebook_runner):
     assert {p: p.stat().st_mtime for p in sorted(Path(tmp_path / "cache").glob("*.pt"))} == mtimes
     assert again["families"] == metrics["families"]
     assert np.isfinite(again["wall_s"]["total"])
+
+
+def test_terrain_hash_is_remembered_in_the_cache_and_follows_the_values(tmp_path):
+    from conftest import make_terrain
+
+    from topo2vec_lib.terrain import save_terrain
+
+    z = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    a, b = save_terrain(make_terrain(z), tmp_path / "a.zarr"), save_terrain(make_terrain(z + 1), tmp_path / "b.zarr")
+    ha = A.terrain_hash(a, tmp_path / "hashes")
+    assert ha == A.terrain_hash(a, tmp_path / "hashes") and ha != A.terrain_hash(b, tmp_path / "hashes")
+    assert len(list((tmp_path / "hashes").glob("a.zarr.*.sha1"))) == 1
+    assert not list(tmp_path.glob("*.sha1"))                                   # nothing beside the stores

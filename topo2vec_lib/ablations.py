@@ -325,18 +325,21 @@ def _fold_snapshots(trainings: list[Training], probes: list[ProbeSet]) -> list[T
 
 
 # ------------------------------------------------------------------------------------------------ terrain
-def terrain_hash(path: str | os.PathLike) -> str:
-    """SHA-1 of a terrain store's values, CRS and pixel size (cached beside the store as ``<path>.sha1``)."""
+def terrain_hash(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
+    """SHA-1 of a terrain store's values, CRS and pixel size; remembered in ``cache_dir`` (default: beside the
+    store) under the store's name and modification time, so a rewritten store is hashed again."""
     from topo2vec_lib.terrain import open_terrain
 
     path = Path(path)
-    side = path.with_name(path.name + ".sha1")
-    if side.exists() and side.stat().st_mtime >= path.stat().st_mtime:
+    folder = Path(cache_dir) if cache_dir is not None else path.parent
+    side = folder / f"{path.name}.{path.stat().st_mtime_ns}.sha1"
+    if side.exists():
         return side.read_text().strip()
     da = open_terrain(path)
     h = hashlib.sha1(np.ascontiguousarray(da.values, dtype=np.float32).tobytes())
     h.update(json.dumps([str(da.rio.crs), float(da.attrs["res_m"]), list(map(float, da["x"].values[[0, -1]])),
                          list(map(float, da["y"].values[[0, -1]]))]).encode())
+    side.parent.mkdir(parents=True, exist_ok=True)
     side.write_text(h.hexdigest())
     return h.hexdigest()
 
@@ -517,7 +520,7 @@ class Context:
 
     def hash(self, name: str) -> str:
         if name not in self.hashes:
-            self.hashes[name] = terrain_hash(self.terrains[name])
+            self.hashes[name] = terrain_hash(self.terrains[name], self.cache_dir / "terrain_hashes")
         return self.hashes[name]
 
     def model_path(self, t: Training, images: int | None = None) -> Path:
