@@ -179,7 +179,9 @@ def test_tiny_ablations_end_to_end(tmp_path, notebook_runner):
     length = [t for t in metrics["trainings"] if t["terrain"] == "default" and t["model"] == "topo2vec-4"]
     assert {250, 500} <= {t["images"] for t in length} and all(t["test_l1"] > 0 for t in length)
     assert all(t["images_seen"] <= t["images"] for t in length)                # whole batches of 32
-    assert metrics["estimate"]["wall_s"] > 0 and metrics["wall_s"]["total"] > 0
+    est = metrics["estimate"]
+    assert est["wall_s"] > 0 and metrics["wall_s"]["total"] > 0 and est["probe_sets"] == 10 and est["trainings"] == 6
+    assert est["probe_s_total"] > 0 and set(metrics["calibration"]["probe_s"]) == {"per_set", "per_model"}
     assert (tmp_path / "plots" / "abl" / "heldout_l1.png").exists()
     assert set(pd.read_csv(tmp_path / "tables" / "rows.csv")["family"]) == set(A.FAMILIES)
     models = sorted(Path(tmp_path / "cache").glob("*.pt"))

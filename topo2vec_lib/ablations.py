@@ -655,7 +655,7 @@ def calibrate(ctx: Context, plan: Plan, threads: int = 1, steps: int = 8) -> dic
             ctx.api.train_model(cfg, sampler, out_path=Path(tmp) / "warm.pt", progress=False)      # warm-up
             out = ctx.api.train_model(cfg, sampler, out_path=Path(tmp) / "c.pt", progress=False)
             rates[kind] = float(out["images_per_s"])
-    probe_s = None
+    probe_s: dict | None = None
     learned = next((r for p in plan.probes for r in p.models if r.training is not None), None)
     if plan.probes:
         spec: dict[str, Any] = dict(probe_specs(Plan(plan.settings, [], plan.probes[:1], []), ctx, threads)[0])
@@ -668,12 +668,16 @@ def calibrate(ctx: Context, plan: Plan, threads: int = 1, steps: int = 8) -> dic
                 path = Path(tmp) / "untrained.pt"
                 ctx.api.train_model({**learned.training.config, "images": int(learned.training.config["batch_size"]),
                                      "threads": threads, "workers": 0}, sampler, out_path=path, progress=False)
-            spec.update(groups={"0": {name: str(path)}}, classes=spec["classes"][:1], seeds=1)
-            t0 = time.perf_counter()
-            probe_job(spec)
-            probe_s = time.perf_counter() - t0
-    return {"train_images_per_s": rates, "probe_s_per_fit": probe_s, "threads": threads,
-            "loadavg": list(os.getloadavg())}
+            spec.update(classes=spec["classes"][:1], seeds=1)
+            took = []
+            for n_models in (1, 2):                 # the places are drawn once per (class, seed) for every model
+                spec["groups"] = {"0": {f"{name}#{i}": str(path) for i in range(n_models)}}
+                t0 = time.perf_counter()
+                probe_job(spec)
+                took.append(time.perf_counter() - t0)
+            per_model = max(took[1] - took[0], 0.0)
+            probe_s = {"per_model": per_model, "per_set": max(took[0] - per_model, 0.0)}
+    return {"train_images_per_s": rates, "probe_s": probe_s, "threads": threads, "loadavg": list(os.getloadavg())}
 
 
 def rate_key(config: Mapping) -> str:
@@ -693,22 +697,23 @@ def estimate(plan: Plan, ctx: Context, calibration: Mapping, jobs: int) -> dict:
     pending = [km for km in plan.windows_km if f"window={km:g}" not in ctx.terrains]
     res = float(ctx.params["data"]["res_m"])
     terrain_s = TERRAIN_S_PER_MPX * (max(pending) * 1000 / res) ** 2 / 1e6 if pending else 0.0
-    if pending:                                       # probe sets of window models not made yet: count their fits
+    s = plan.settings
+    pairs = len(s["classes"]) * s["seeds"]              # (class, seed) place sets per probe set and training seed
+    if pending:                                         # window models not made yet: count their probe sets too
         probes = [p for p in plan.probes if p.family != "window"]
-        window_fits = sum(len(s["classes"]) * s["seeds"] * len(p.models) for p in plan.probes
-                          if p.family == "window" for s in [plan.settings])
+        todo = [(s["train_seeds"], len(p.models)) for p in plan.probes if p.family == "window"]
     else:
-        probes, window_fits = plan.probes, 0
-    specs = [sp for sp in probe_specs(Plan(plan.settings, plan.trainings, probes, plan.windows_km), ctx)
+        probes, todo = plan.probes, []
+    specs = [sp for sp in probe_specs(Plan(s, plan.trainings, probes, plan.windows_km), ctx)
              if not Path(sp["cache"]).exists()]
-    fits = window_fits + sum(len(sp["classes"]) * sp["seeds"] * sum(len(g) for g in sp["groups"].values())
-                             for sp in specs)
-    probe_s = fits * float(calibration["probe_s_per_fit"] or 0.0)
+    todo += [(len(sp["groups"]), sum(len(g) for g in sp["groups"].values())) for sp in specs]
+    fits = pairs * sum(n for _, n in todo)
+    cost = calibration["probe_s"] or {"per_set": 0.0, "per_model": 0.0}
+    probe_s = pairs * sum(groups * cost["per_set"] + n * cost["per_model"] for groups, n in todo)
     spread = terrain_s + max(sum(train_s) / jobs, max(train_s, default=0.0)) + probe_s / jobs
     return {"trainings": len(configs), "train_images": int(sum(c["images"] for c in configs)),
             "train_s_total": sum(train_s), "terrain_s": terrain_s,
-            "probe_sets": len(specs) + (len([p for p in plan.probes if p.family == "window"]) if pending else 0),
-            "probe_fits": fits, "probe_s_total": probe_s, "jobs": jobs, "wall_s": spread}
+            "probe_sets": len(todo), "probe_fits": fits, "probe_s_total": probe_s, "jobs": jobs, "wall_s": spread}
 
 
 # ------------------------------------------------------------------------------------------------ results
