@@ -386,6 +386,91 @@ def retrieval_map(hillshade: xr.DataArray, crs, query_lonlat, match_lonlat, matc
     return m
 
 
+def rgb_rgba(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 4)`` uint8 image of a ``(3, H, W)`` array of colours in [0, 1]; NaN transparent."""
+    ok = np.isfinite(rgb).all(axis=0)
+    img = np.zeros(rgb.shape[1:] + (4,), dtype=np.uint8)
+    img[..., :3] = (np.clip(np.nan_to_num(np.moveaxis(rgb, 0, -1), nan=0.0), 0, 1) * 255).astype(np.uint8)
+    img[..., 3] = np.where(ok, 255, 0)
+    return img
+
+
+def colormap_rgba(values: np.ndarray, vmin: float, vmax: float, cmap: str = "magma") -> np.ndarray:
+    """``(H, W, 4)`` uint8 image of values through a matplotlib colour map over [vmin, vmax]; NaN transparent."""
+    from matplotlib import colormaps
+
+    v = np.asarray(values, dtype=np.float64)
+    t = np.clip((np.nan_to_num(v, nan=vmin) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    img = (colormaps[cmap](t) * 255).astype(np.uint8)
+    img[..., 3] = np.where(np.isfinite(v), 255, 0)
+    return img
+
+
+def add_rgb_layer(m, rgb: xr.DataArray, crs, name: str, show: bool = True, opacity: float = 0.85) -> list:
+    """Add a ``(band=3, y, x)`` colour raster in [0, 1] (NaN transparent) as a toggleable overlay; returns its
+    Leaflet bounds."""
+    import folium
+
+    bands = []
+    bounds: list = []
+    for b in range(3):
+        web, bounds = to_web_mercator(rgb.isel(band=b), crs, "nearest")
+        bands.append(web)
+    folium.raster_layers.ImageOverlay(rgb_rgba(np.stack(bands)), bounds=bounds, name=name, opacity=opacity,
+                                      interactive=False, show=show, zindex=2).add_to(m)
+    return bounds
+
+
+def field_map(hillshade: xr.DataArray | None, crs, *, pca: xr.DataArray | None = None,
+              similarity: xr.DataArray | None = None, queries=None, matches: pd.DataFrame | None = None,
+              title: str = "embedding field"):
+    """Folium map of an embedding field (``topo2vec map``): the hillshade base, a PCA-to-RGB layer of the field
+    (:func:`topo2vec_lib.fields.pca_rgb`), the similarity layer of a search (cosine, magma colours from its 2nd
+    percentile to 1) and the query places (red) and matches (blue, tooltips with rank and similarity)."""
+    import folium
+
+    if hillshade is not None:
+        m = base_map(hillshade, crs)
+    else:
+        m = folium.Map(tiles=None, control_scale=True, prefer_canvas=True)
+    bounds = None
+    if pca is not None:
+        bounds = add_rgb_layer(m, pca, crs, f"{title}: first 3 principal components as RGB",
+                               show=similarity is None)
+    legend = {}
+    if similarity is not None:
+        web, bounds = to_web_mercator(similarity, crs, "nearest")
+        finite = web[np.isfinite(web)]
+        lo = float(np.percentile(finite, 2)) if finite.size else -1.0
+        folium.raster_layers.ImageOverlay(colormap_rgba(web, lo, 1.0), bounds=bounds, interactive=False,
+                                          name=f"similarity to the query (cosine {lo:.2f} .. 1: dark .. bright)",
+                                          opacity=0.8, zindex=3).add_to(m)
+    if queries is not None:
+        qlon, qlat = (np.asarray(v, float) for v in queries)
+        group = folium.FeatureGroup(name=f"query places ({qlon.size})")
+        for i, (lo_, la) in enumerate(zip(qlon, qlat)):
+            folium.CircleMarker([la, lo_], radius=7, color="#000", weight=2, fill=True, fill_color="#e0201b",
+                                fill_opacity=1.0, tooltip=f"query {i + 1}: {lo_:.5f}, {la:.5f}").add_to(group)
+        group.add_to(m)
+        legend["query place"] = "#e0201b"
+    if matches is not None and len(matches):
+        group = folium.FeatureGroup(name=f"matches ({len(matches)})")
+        for rec in matches.to_dict("records"):
+            tip = f"match {rec.get('rank', '')}: {rec['lon']:.5f}, {rec['lat']:.5f}"
+            if rec.get("similarity") is not None:
+                tip += f", similarity {float(rec['similarity']):.3f}"
+            folium.CircleMarker([float(rec["lat"]), float(rec["lon"])], radius=5, color="#000", weight=1, fill=True,
+                                fill_color="#1f4fe0", fill_opacity=0.9, tooltip=tip).add_to(group)
+        group.add_to(m)
+        legend["match"] = "#1f4fe0"
+    if legend:
+        add_legend(m, legend, "search")
+    if hillshade is None and bounds is not None:
+        m.fit_bounds(bounds)
+    folium.LayerControl(collapsed=False).add_to(m)
+    return m
+
+
 # ------------------------------------------------------------------------------------------------ offline HTML
 # folium's default assets that our maps do not use (markers with icons, bootstrap popups)
 _UNUSED_ASSETS = ("jquery", "bootstrap", "awesome-markers", "awesome.markers", "awesome.rotate", "fontawesome",

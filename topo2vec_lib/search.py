@@ -396,9 +396,10 @@ def _greedy_nms(order: np.ndarray, k: int, sep: float, xs: np.ndarray, ys: np.nd
     return picks
 
 
-def write_geojson(matches: pd.DataFrame, path: str | os.PathLike) -> Path:
+def write_geojson(matches: pd.DataFrame, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Write a :func:`top_k` table as a GeoJSON FeatureCollection of points (RFC 7946: lon, lat in
-    EPSG:4326), every other column a property; atomically. Returns the path."""
+    EPSG:4326), every other column a property; atomically. ``metadata`` (JSON-able) goes in a top-level
+    ``topo2vec`` member (RFC 7946 section 6.1 foreign member: GeoJSON readers ignore it). Returns the path."""
     missing = {"lon", "lat"} - set(matches.columns)
     if missing:
         raise ValueError(f"matches lacks columns {sorted(missing)} (expected a top_k table)")
@@ -410,7 +411,10 @@ def write_geojson(matches: pd.DataFrame, path: str | os.PathLike) -> Path:
                          "properties": {c: _json_scalar(rec[c]) for c in props}})
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}) + "\n")
+        doc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
+        if metadata is not None:
+            doc["topo2vec"] = metadata
+        tmp.write_text(json.dumps(doc) + "\n")
     return path
 
 

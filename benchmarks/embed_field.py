@@ -1,0 +1,187 @@
+"""Benchmark of the whole ``topo2vec embed`` command: a field of a DEM in a foreign CRS, end to end.
+
+    .venv/bin/python benchmarks/embed_field.py [--quick] [--km 100] [--out benchmarks/results/embed_field.json]
+
+Writes a fractal DEM (``--km`` x ``--km`` km around lon 7.6, lat 46.6, 1 arc-second pixels in EPSG:4326, like
+Copernicus GLO-30: about 23 x 31 m, so the command reprojects it to UTM) and a topo2vec-4 checkpoint
+(untrained: speed does not depend on the weights), then times, each in a fresh subprocess:
+
+- ``cli``: ``python -m topo2vec_lib.cli embed DEM --model M --res-m 30 --stride-m 60 --out field.tif`` (read,
+  reproject, sample, encode, write the COG with overviews; Python start-up and imports included), and the same
+  to ``.zarr``;
+- ``regional`` (today's path, for the ratio): the DEM read and reprojected whole with
+  ``terrain.geotiff_terrain``, then ``regional.embed_region`` to zarr, on a ``--regional-km`` square sub-window
+  (the whole field would take minutes; the rate is what compares);
+- ``encoder``: the encoder alone on random normalised patches (the ceiling of the command).
+
+Times are wall seconds on this machine as it is (other jobs may share the cores: the JSON records the load
+average before and after). Results: places/s of each, the whole-command time, the ratio to today's path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from topo2vec_lib.storage import write_json  # noqa: E402
+
+CENTER = (7.6, 46.6)
+ARCSEC = 1.0 / 3600.0
+
+
+def make_dem(path: Path, km: float, seed: int = 0) -> dict:
+    """A fractal DEM of ``km`` x ``km`` around :data:`CENTER`, 1 arc-second pixels, EPSG:4326 GeoTIFF."""
+    import math
+
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from topo2vec_lib.synthetic import fbm
+
+    lat_deg = km * 1000 / 111_320.0
+    lon_deg = km * 1000 / (111_320.0 * math.cos(math.radians(CENTER[1])))
+    ny, nx = int(round(lat_deg / ARCSEC)), int(round(lon_deg / ARCSEC))
+    z = fbm((ny, nx), 27.0, np.random.default_rng(seed))
+    z = ((z - z.min()) / (z.max() - z.min()) * 2500.0 + 400.0).astype(np.float32)
+    west, north = CENTER[0] - nx * ARCSEC / 2, CENTER[1] + ny * ARCSEC / 2
+    with rasterio.open(path, "w", driver="GTiff", width=nx, height=ny, count=1, dtype="float32", crs="EPSG:4326",
+                       transform=from_origin(west, north, ARCSEC, ARCSEC), tiled=True, blockxsize=512,
+                       blockysize=512, compress="DEFLATE", predictor=3) as ds:
+        ds.write(z, 1)
+    return {"px": [ny, nx], "km": km, "bytes": path.stat().st_size}
+
+
+def make_model(path: Path) -> None:
+    import torch
+
+    from topo2vec_lib.models import Topo2Vec
+    from topo2vec_lib.models.networks import Encoder
+
+    torch.manual_seed(0)
+    Topo2Vec(Encoder(), {"k": 4, "train_res_m": [120], "embed_res_m": 30.0,
+                         "normalisation": {"method": "minmax", "min_range_m": 1.0}}, name="topo2vec-4").save(path)
+
+
+def load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def run_cli(dem: Path, model: Path, out: Path, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "topo2vec_lib.cli", "embed", str(dem), "--model", str(model), "--res-m", "30",
+           "--stride-m", "60", "--out", str(out), "--no-progress", *extra]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    from topo2vec_lib.fields import open_field
+
+    ds = open_field(out)
+    places = int(ds.sizes["y"] * ds.sizes["x"])
+    size = sum(f.stat().st_size for f in out.rglob("*")) if out.is_dir() else out.stat().st_size
+    return {"command": " ".join(["topo2vec", *cmd[3:]]), "wall_s": wall, "places": places,
+            "valid_places": int(ds.attrs["valid_places"]), "places_per_s": places / wall,
+            "grid": [int(ds.sizes["y"]), int(ds.sizes["x"])], "output_mib": size / 2**20}
+
+
+def run_regional(dem: Path, model: Path, km: float, out: Path) -> dict:
+    """Today's path on a km x km window at the DEM's centre: geotiff_terrain (read + reproject) + embed_region."""
+    code = f"""
+import json, time, warnings
+t0 = time.perf_counter()
+from topo2vec_lib.fields import auto_crs, open_dem
+from topo2vec_lib.grid import window_bounds
+from topo2vec_lib.models import load_embedder
+from topo2vec_lib.regional import embed_region
+from topo2vec_lib.terrain import geotiff_terrain
+dem = open_dem({str(dem)!r})
+crs = auto_crs(dem.bounds_lonlat)
+terrain = geotiff_terrain({str(dem)!r}, window_bounds({list(CENTER)!r}, {km}, 30.0, crs), crs, 30.0)
+model = load_embedder({str(model)!r})
+ds = embed_region(model, terrain, 30.0, 60.0, path={str(out)!r})
+wall = time.perf_counter() - t0
+print(json.dumps({{"wall_s": wall, "places": int(ds.sizes["y"] * ds.sizes["x"])}}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-3000:])
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    return {**r, "km": km, "places_per_s": r["places"] / r["wall_s"]}
+
+
+def run_encoder(model: Path, n: int) -> dict:
+    code = f"""
+import json, time, numpy as np, torch
+from topo2vec_lib.models import load_embedder
+m = load_embedder({str(model)!r})
+x = np.random.default_rng(0).random((8192, 1, 17, 17), dtype=np.float32)
+m.embed_patches(x[:1024])
+t0 = time.perf_counter(); done = 0
+while done < {n}:
+    m.embed_patches(x); done += len(x)
+wall = time.perf_counter() - t0
+print(json.dumps({{"patches": done, "wall_s": wall, "patches_per_s": done / wall, "threads": torch.get_num_threads()}}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-3000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a 6 km DEM (a smoke run)")
+    ap.add_argument("--km", type=float, default=100.0, help="DEM side in km (default 100)")
+    ap.add_argument("--regional-km", type=float, default=20.0, help="side of today's-path window in km")
+    ap.add_argument("--zarr", action="store_true", help="also time the .zarr output")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "embed_field.json"))
+    args = ap.parse_args(argv)
+    km, reg_km = (6.0, 3.0) if args.quick else (args.km, args.regional_km)
+    result: dict = {"benchmark": "topo2vec embed (whole command) vs regional.embed_region", "quick": args.quick,
+                    "res_m": 30.0, "stride_m": 60.0, "load_before": load()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_p = Path(tmp)
+        dem, model = tmp_p / "dem.tif", tmp_p / "topo2vec-4.pt"
+        t0 = time.perf_counter()
+        result["dem"] = make_dem(dem, km)
+        result["dem"]["make_s"] = time.perf_counter() - t0
+        make_model(model)
+        result["encoder"] = run_encoder(model, 20_000 if args.quick else 400_000)
+        print(f"encoder alone: {result['encoder']['patches_per_s']:,.0f} patches/s")
+        result["regional"] = run_regional(dem, model, reg_km, tmp_p / "regional.zarr")
+        print(f"today's path (geotiff_terrain + embed_region, {reg_km:g} km): "
+              f"{result['regional']['places_per_s']:,.0f} places/s")
+        result["cli_tif"] = run_cli(dem, model, tmp_p / "field.tif", [])
+        c = result["cli_tif"]
+        print(f"topo2vec embed -> COG: {c['places']:,} places in {c['wall_s']:.1f} s = {c['places_per_s']:,.0f} "
+              f"places/s ({c['output_mib']:.0f} MiB)")
+        if args.zarr:
+            result["cli_zarr"] = run_cli(dem, model, tmp_p / "field.zarr", [])
+            c = result["cli_zarr"]
+            print(f"topo2vec embed -> zarr: {c['places_per_s']:,.0f} places/s in {c['wall_s']:.1f} s")
+    result["ratio_cli_to_regional"] = result["cli_tif"]["places_per_s"] / result["regional"]["places_per_s"]
+    result["ratio_cli_to_encoder"] = result["cli_tif"]["places_per_s"] / result["encoder"]["patches_per_s"]
+    result["load_after"] = load()
+    import torch
+
+    result["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
+                         "cpus": os.cpu_count(), "torch": torch.__version__}
+    print(f"ratio to today's path: {result['ratio_cli_to_regional']:.2f}x; command / encoder alone: "
+          f"{result['ratio_cli_to_encoder']:.2f}")
+    write_json(args.out, result)
+    print("wrote", args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
