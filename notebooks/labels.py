@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -74,15 +75,18 @@ min_test_exp2 = None
 cnn_train_per_class = None    # supervised CNN baseline wish (drawn with jitter if short; reported, not enforced)
 jitter_sigma_m = None         # label noise (labels.perturb_labels): Gaussian offset sd in metres per axis (0: off)
 drop_fraction = None          # label noise: share of the points of each class dropped (0: off)
+output_root = None            # None: scratch/labels/ unless run by the pipeline (notebooks/run.sh); "." writes the pipeline's outputs
 
 
 # %%
 from topo2vec_lib.checks import text
+from topo2vec_lib.params import notebook_outputs
 from topo2vec_lib.schema import notebook_section
 
 # every value is checked (topo2vec_lib/schema.py: ranges of the rules, counts, sources) before any work
 notebook_section(globals(), "labels", local={k: text(nonempty=True) for k in ("terrain_dir", "out_dir", "plots_dir",
                                                                               "metrics_path")})
+notebook_outputs(globals(), "labels", ["out_dir", "plots_dir", "metrics_path"])
 
 # %%
 import time

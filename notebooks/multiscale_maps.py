@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -44,6 +45,7 @@ map_path = "reports/maps/multiscale.html"
 png_path = "plots/multiscale_maps.png"
 metrics_path = "metrics/exp3.json"
 seed = None
+output_root = None            # None: scratch/multiscale_maps/ unless run by the pipeline (notebooks/run.sh); "." writes the pipeline's outputs
 
 # %%
 import time
@@ -56,6 +58,7 @@ from topo2vec_lib import maps
 from topo2vec_lib.checks import integer
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.models import load_embedder
+from topo2vec_lib.params import notebook_outputs
 from topo2vec_lib.regional import embed_region
 from topo2vec_lib.sampler import PatchSampler
 from topo2vec_lib.schema import notebook_section
@@ -63,6 +66,7 @@ from topo2vec_lib.storage import write_json
 from topo2vec_lib.terrain import open_region
 
 print(notebook_section(globals(), "exp3", local={"chunk": integer(1), "max_points": integer(1)}))
+notebook_outputs(globals(), "multiscale_maps", ["map_path", "png_path", "metrics_path"])
 
 
 # %% [markdown]

@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -25,11 +26,12 @@
 # %% tags=["parameters"]
 params_path = None                      # None: the project's params.yaml
 out_path = "reports/params_check.json"
+output_root = None                      # None: scratch/params_check/ unless run by the pipeline; "." writes its output
 
 # %%
 from topo2vec_lib.models import model_config
 from topo2vec_lib.models.trainer import resolve_device
-from topo2vec_lib.params import model_parameters, project_root, resolve_params_path
+from topo2vec_lib.params import model_parameters, notebook_outputs, project_root, resolve_params_path
 from topo2vec_lib.schema import check_params
 from topo2vec_lib.storage import write_json
 
@@ -48,5 +50,6 @@ print(f"{path}: every section is valid; models {models}")
 
 # %%
 root = project_root()
+notebook_outputs(globals(), "params_check", ["out_path"])
 write_json(out_path if root is None else root / out_path,
            {"params": path.name, "sections": sorted(params), "valid": True})

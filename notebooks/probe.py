@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -43,6 +44,7 @@ reference = None              # the model the paired tests compare against every
 metrics_path = None           # default metrics/<experiment>.json
 tables_dir = "reports/tables"
 seed = None
+output_root = None            # None: scratch/probe/ unless run by the pipeline (notebooks/run.sh); "." writes the pipeline's outputs
 
 # %%
 import time
@@ -56,6 +58,7 @@ from topo2vec_lib import evaluation as ev
 from topo2vec_lib import paper
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.models import load_embedder
+from topo2vec_lib.params import notebook_outputs
 from topo2vec_lib.sampler import PatchSampler
 from topo2vec_lib.schema import notebook_section
 from topo2vec_lib.storage import atomic_path, read_json, write_json
@@ -65,6 +68,7 @@ if experiment not in paper.SIZES:
     raise ValueError(f"unknown experiment {experiment!r}; valid: {sorted(paper.SIZES)}")
 print(notebook_section(globals(), experiment))
 metrics_path = metrics_path or f"metrics/{experiment}.json"
+notebook_outputs(globals(), "probe", ["metrics_path", "tables_dir"])
 
 
 # %% [markdown]

@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -18,17 +19,22 @@
 # %% tags=["parameters"]
 root = None                   # None: the project root (found from the working directory)
 out_path = "reports/index.html"
+loss_curves_path = "reports/loss_curves.png"
 params_path = None            # None: the project's params.yaml (the report lists its `models`)
+output_root = None            # None: scratch/report/ unless run by the pipeline (notebooks/run.sh); "." writes the pipeline's outputs
 
 # %%
+import os
 from pathlib import Path
 
 from IPython.display import HTML, display
 
-from topo2vec_lib.params import load_params, project_root, resolve_params_path, section
+from topo2vec_lib.params import load_params, notebook_outputs, project_root, resolve_params_path, section
 from topo2vec_lib.report import Section, build_report
 
 root = str(root or project_root() or ".")
+os.chdir(root)                # relative inputs and outputs are the project's (as under dvc repro)
+notebook_outputs(globals(), "report", ["out_path", "loss_curves_path"])
 models = list(section(load_params(resolve_params_path(params_path or Path(root, "params.yaml"))), "models"))
 
 T2V = [m for m in models if m.startswith("topo2vec")]
@@ -41,7 +47,7 @@ sections = [
             "Peaks, saddles, rivers, cliffs, waterfalls and sinkholes by documented terrain rules; aerialway stations and alpine huts "
             "are stochastic proxies.", figures=["plots/labels_map.png"], metrics=["metrics/labels.json"]),
     Section("Training", "Loss curves and reconstructions of held-out test-region places.",
-            figures=["reports/loss_curves.png"] + [f"plots/train/{m}/reconstructions_{m}.png" for m in T2V],
+            figures=[loss_curves_path] + [f"plots/train/{m}/reconstructions_{m}.png" for m in T2V],
             metrics=[f"metrics/train_{m}.json" for m in models]),
     Section("Scale selection (paper Fig. 4)", figures=["plots/scale_selection.png"],
             metrics=["metrics/scale_selection.json"]),
@@ -53,6 +59,9 @@ sections = [
             metrics=["metrics/exp3.json"], links=[("interactive map (folium)", "reports/maps/multiscale.html")]),
     Section("Exp 4: terrain retrieval (paper Fig. 6)", figures=["plots/retrieval.png"], metrics=["metrics/exp4.json"],
             links=[("interactive map (folium)", "reports/retrieval.html")]),
+    Section("Model cards", "Each model: what it is, the data and region it saw, scales, parameters, losses, the probe "
+            "results of this run and the data licence (`topo2vec info models/<model>.pt` prints them).",
+            links=[(m, f"reports/model_cards/{m}.md") for m in models]),
 ]
 
 # %%
@@ -66,7 +75,7 @@ for m, df in curves.items():
     y = "loss_l1" if "loss_l1" in df.columns else "loss"
     ax.plot(df["images"], df[y], marker=".", label=f"{m} ({y})")
 ax.set_xlabel("training images seen"); ax.set_ylabel("training loss"); ax.set_yscale("log"); ax.legend(fontsize=8)
-fig.tight_layout(); fig.savefig(Path(root, "reports/loss_curves.png"), dpi=110); plt.show()
+fig.tight_layout(); Path(root, loss_curves_path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(Path(root, loss_curves_path), dpi=110); plt.show()
 
 # %%
 path = build_report(sections, root, Path(root, out_path))

@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -49,6 +50,7 @@ map_path = "reports/retrieval.html"
 png_path = "plots/retrieval.png"
 metrics_path = "metrics/exp4.json"
 seed = None
+output_root = None            # None: scratch/retrieval/ unless run by the pipeline (notebooks/run.sh); "." writes the pipeline's outputs
 
 # %%
 from pathlib import Path
@@ -61,6 +63,7 @@ from topo2vec_lib import maps
 from topo2vec_lib.checks import integer
 from topo2vec_lib.labels import read_labels
 from topo2vec_lib.models import load_embedder
+from topo2vec_lib.params import notebook_outputs
 from topo2vec_lib.regional import embed_region, embed_xy
 from topo2vec_lib.sampler import PatchSampler
 from topo2vec_lib.schema import notebook_section
@@ -68,6 +71,7 @@ from topo2vec_lib.storage import write_json
 from topo2vec_lib.terrain import open_region
 
 print(notebook_section(globals(), "exp4", local={"chunk": integer(1)}))
+notebook_outputs(globals(), "retrieval", ["map_path", "png_path", "metrics_path"])
 res_m = float(res_m)
 exclude_radius_m = 17 * res_m / 2 if exclude_radius_m is None else float(exclude_radius_m)
 

@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -44,6 +45,7 @@ epochs = None                 # CNN epochs per scale
 lr = None                     # Adam learning rate
 min_neg_distance_m = None     # negatives kept at least this far from any label of the class
 seed = None                   # the study seed
+output_root = None            # None: scratch/scale_selection/ unless run by the pipeline (notebooks/run.sh); "." writes the pipeline's outputs
 
 # %%
 import time
@@ -53,12 +55,14 @@ import matplotlib.pyplot as plt
 
 from topo2vec_lib import evaluation as ev
 from topo2vec_lib.labels import read_labels
+from topo2vec_lib.params import notebook_outputs
 from topo2vec_lib.sampler import PatchSampler
 from topo2vec_lib.schema import notebook_section
 from topo2vec_lib.storage import atomic_path, write_json
 from topo2vec_lib.terrain import open_region
 
 print(notebook_section(globals(), "scale_selection"))
+notebook_outputs(globals(), "scale_selection", ["metrics_path", "plots_dir"])
 
 
 # %% [markdown]

@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -40,13 +41,16 @@ seed = None
 out_dir = "data/terrain"
 plots_dir = "plots"
 metrics_path = "metrics/terrain.json"
+output_root = None            # None: scratch/terrain/ unless run by the pipeline (notebooks/run.sh); "." writes the pipeline's outputs
 
 # %%
 from topo2vec_lib.checks import text
+from topo2vec_lib.params import notebook_outputs
 from topo2vec_lib.schema import notebook_section
 
 # every value is checked (topo2vec_lib/schema.py), both windows included, before any work
 notebook_section(globals(), "data", local={k: text(nonempty=True) for k in ("out_dir", "plots_dir", "metrics_path")})
+notebook_outputs(globals(), "terrain", ["out_dir", "plots_dir", "metrics_path"])
 
 # %%
 import time

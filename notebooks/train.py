@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -16,8 +17,10 @@
 # Reads `params.yaml` -> `models[<model>]` merged over the `train` section (model keys win; `overrides`
 # win over both), samples from the **train** region `<terrain_dir>/train.zarr`, and writes
 # `models/<model>.pt` (a checkpoint `topo2vec_lib.models.load_embedder` reads),
-# `metrics/train_<model>.json` (final losses, images seen, wall time, images/s; topo2vec also `test_l1`, the
-# held-out reconstruction loss on `heldout.test_pairs` fixed fractal pairs of the **test** region), `plots/loss_<model>.csv`
+# `models/<model>.md` (its model card: what it is, data, scales, parameters, losses, licence, how to load it;
+# `topo2vec info models/<model>.pt` prints it), `metrics/train_<model>.json` (final losses, images seen, wall
+# time, images/s; topo2vec also `test_l1`, the held-out reconstruction loss on `heldout.test_pairs` fixed
+# fractal pairs of the **test** region), `plots/loss_<model>.csv`
 # (the loss history: `scope` = `steps` rows every `log_steps` steps and one `epoch` row per epoch), and
 # for topo2vec models `plots/reconstructions_<model>.png` (inputs, targets, reconstructions at places of
 # the **test** region).
@@ -56,8 +59,10 @@ plots_dir = "plots"
 seed = None                   # None: the study seed from params.yaml
 overrides = {}                # merged over the model config (tests use it for tiny runs)
 test_pairs = None             # topo2vec: held-out fractal pairs at test-region places for `test_l1` (params `heldout`)
+output_root = None            # None: scratch/train/ unless run by the pipeline (notebooks/run.sh); "." writes the pipeline's outputs
 
 # %%
+import os
 import time
 from pathlib import Path
 
@@ -65,8 +70,9 @@ import numpy as np
 import pandas as pd
 
 from topo2vec_lib.checks import mapping, text
+from topo2vec_lib.model_card import write_card
 from topo2vec_lib.models import model_config, train_model
-from topo2vec_lib.params import model_parameters
+from topo2vec_lib.params import model_parameters, notebook_outputs
 from topo2vec_lib.sampler import PatchSampler
 from topo2vec_lib.schema import TOP_LEVEL_CHECKS, notebook_section
 from topo2vec_lib.storage import atomic_path, write_json
@@ -75,6 +81,7 @@ from topo2vec_lib.terrain import open_region
 text(nonempty=True)("model", model)
 mapping()("overrides", overrides)
 config, study_seed = model_parameters(model, params_path, overrides)
+notebook_outputs(globals(), "train", ["models_dir", "metrics_dir", "plots_dir"])
 seed = TOP_LEVEL_CHECKS["seed"]("seed", study_seed if seed is None else seed)
 notebook_section(globals(), "heldout", ["test_pairs"])   # checked (schema.py) before any work
 cfg = model_config(config, complete=True)          # params.yaml states every value of the model
@@ -115,6 +122,12 @@ write_json(Path(metrics_dir) / f"train_{model}.json", metrics)
 Path(plots_dir).mkdir(parents=True, exist_ok=True)
 with atomic_path(Path(plots_dir) / f"loss_{model}.csv") as tmp:
     pd.DataFrame(history, columns=None if history else ["scope", "epoch", "step", "images"]).to_csv(tmp, index=False)
+# the model card beside the checkpoint (topo2vec_lib/model_card.py); the model_cards stage adds the probe results
+terrain_info = {"source": train_terrain.attrs.get("source"), "region": sampler.region,
+                "region_lonlat": sampler.region_lonlat, "res_m": sampler.res_m, "crs": sampler.crs.to_string(),
+                "shape": list(train_terrain.shape)}
+card = write_card(out_path, metrics=result, terrain=terrain_info, name=model, path_label=os.path.relpath(out_path))
+print(f"model card: {card}")
 {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
 
 # %% [markdown]

@@ -125,10 +125,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
              f"{time.perf_counter() - t0:.1f} s")
         return EXIT_OK
     t0 = time.perf_counter()
+    timings: dict = {}
     out = fields.embed_field(dem, model, res_m=res_m, stride_m=args.stride_m, out=args.out, crs=args.crs,
                              dtype=args.dtype, tile=args.tile, workers=args.workers, batch=args.batch,
                              checkpoint=args.model, restart=args.restart, overwrite=args.overwrite,
-                             progress=not args.no_progress)
+                             optimise=not args.eager, progress=not args.no_progress, timings=timings)
     wall = time.perf_counter() - t0
     ds = fields.open_field(out)
     n = ds.sizes["y"] * ds.sizes["x"]
@@ -138,7 +139,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     _say(f"wrote {out}: {ds.sizes['y']} x {ds.sizes['x']} places ({n:,}; {ds.attrs['valid_places']:,} with a vector) "
          f"every {ds.attrs['stride_m']:g} m, {ds.sizes['feature']} numbers each ({ds.attrs['dtype']}), "
          f"{17 * ds.attrs['res_m']:g} m patches at {ds.attrs['res_m']:g} m/px, CRS {crs.to_string()[:40]}; "
-         f"{wall:.1f} s ({n / wall:,.0f} places/s)")
+         f"{wall:.1f} s ({n / wall:,.0f} places/s: prepare {timings['prepare']:.1f} s, tiles {timings['tiles']:.1f} s"
+         f"{', resumed' if timings.get('tiles_done_before') else ''}, write {timings['write']:.1f} s)")
     return EXIT_OK
 
 
@@ -323,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help=f"places encoded at once "
                    f"({DEFAULT_BATCH})")
     e.add_argument("--device", default="cpu", help="cpu (default), cuda[:i] or auto")
+    e.add_argument("--eager", action="store_true", help="encode with the eager PyTorch model (no TorchScript copy)")
     e.add_argument("--restart", action="store_true", help="discard the finished tiles of an interrupted run")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")

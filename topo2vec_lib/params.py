@@ -7,6 +7,14 @@ a key the section has but the notebook does not read (a typo), a missing ``param
 not a mapping, and duplicate YAML keys are errors before any work starts. The project root is found from
 any working directory (the nearest folder up holding ``dvc.yaml`` and ``params.yaml``), and the notebook
 runs there, so it works the same from ``dvc repro`` (papermill) and from JupyterLab (kernel in ``notebooks/``).
+
+**Where a notebook writes** (:func:`notebook_outputs`): run by the pipeline (``notebooks/run.sh``, which every DVC
+stage calls, exports ``TOPO2VEC_OUTPUT_ROOT=.``), a notebook writes its outputs where ``dvc.yaml`` expects them.
+Run any other way (cell by cell in JupyterLab, ``papermill`` by hand, ``python notebooks/x.py``) it reads the same
+params and the same pipeline data but writes its relative output paths under ``scratch/<notebook>/`` in the
+project (git-ignored), so trying a parameter never overwrites a DVC output. A notebook's ``output_root``
+parameter (or ``$TOPO2VEC_OUTPUT_ROOT``) chooses: ``"."`` (or ``"pipeline"``) writes the pipeline's outputs, any
+other folder writes there; absolute output paths given to a notebook are always kept.
 """
 from __future__ import annotations
 
@@ -19,6 +27,10 @@ import yaml
 
 ROOT_MARKERS = ("dvc.yaml", "params.yaml")
 TOP_LEVEL = ("seed",)
+OUTPUT_ROOT_ENV = "TOPO2VEC_OUTPUT_ROOT"
+"""Set to ``.`` by ``notebooks/run.sh``: notebooks run by the pipeline write the pipeline's outputs."""
+SCRATCH = "scratch"
+"""Folder (in the project root) of the outputs of notebooks run by hand: ``scratch/<notebook>/``."""
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path | None:
@@ -154,3 +166,46 @@ def model_parameters(model: str, params_path: str | os.PathLike | None = None,
         raise ValueError(f"{path} lacks the top-level 'seed'")
     config = {**section(params, "train", path), **own, **dict(overrides or {}), "name": model}
     return config, params["seed"]
+
+
+def output_root(namespace: Mapping[str, Any], notebook: str) -> Path:
+    """Where notebook ``notebook`` writes its relative output paths: the notebook's ``output_root`` parameter if
+    given, else ``$TOPO2VEC_OUTPUT_ROOT``, else ``<project root>/scratch/<notebook>``. ``"."`` or ``"pipeline"``
+    means the project root (the pipeline's outputs); a relative folder is taken from the project root."""
+    value = namespace.get("output_root")
+    if value is None:
+        value = os.environ.get(OUTPUT_ROOT_ENV) or None
+    root = project_root() or Path.cwd()
+    if value is None:
+        return root / SCRATCH / notebook
+    if not isinstance(value, (str, os.PathLike)) or str(value).strip() == "":
+        raise ValueError(f"output_root={value!r}: expected '.' (the pipeline's outputs), a folder, or None "
+                         f"(scratch/{notebook}/)")
+    if str(value) in (".", "pipeline"):
+        return root
+    folder = Path(value)
+    return folder if folder.is_absolute() else root / folder
+
+
+def notebook_outputs(namespace: MutableMapping[str, Any], notebook: str, keys: Sequence[str]) -> Path:
+    """Send a notebook's outputs where :func:`output_root` says: each parameter in ``keys`` holding a relative
+    path is rewritten under that folder unless it is the project root (absolute paths and None are kept).
+    Sets ``namespace["output_root"]`` to the folder, prints where the outputs go when it is not the pipeline's,
+    and returns it. Call it after the notebook's parameters are read (the working directory is the root)."""
+    out = output_root(namespace, notebook)
+    root = project_root() or Path.cwd()
+    redirected = out.resolve() != root.resolve()
+    for key in keys:
+        value = namespace.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, (str, os.PathLike)):
+            raise ValueError(f"{key}={value!r}: expected a path")
+        if redirected and not Path(value).is_absolute():
+            namespace[key] = str(out / value)
+    namespace["output_root"] = str(out)
+    if redirected:
+        shown = out.relative_to(root) if out.is_relative_to(root) else out
+        print(f"{notebook}: not run by the pipeline, so outputs go to {shown}/ and the pipeline's stay untouched "
+              f"(output_root = '.' overwrites them); inputs are the pipeline's")
+    return out
