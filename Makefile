@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# the CPU torch wheel first: an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install --disable-pip-version-check -q torch==2.13.0
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	# the project's JupyterLab settings, for `jupyter lab` run from this venv (make lab passes them itself)
+	mkdir -p $(VENV)/share/jupyter/lab/settings && cp .jupyter/lab/settings/overrides.json $(VENV)/share/jupyter/lab/settings/
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -43,8 +45,13 @@ ablations-estimate: setup
 	PATH=$(abspath $(BIN)):$$PATH notebooks/run.sh ablations ablations_estimate -p params_path params.yaml \
 	  -p size $(SIZE) -p estimate_only True
 
+# JupyterLab with the project's settings (.jupyter/lab/settings/overrides.json: a double-click opens notebooks/*.py
+# as notebooks, through jupytext) and its workspace state in .jupyter/lab/workspaces (git-ignored): nothing is
+# written to the user's home. `jupyter lab` alone works too once setup copied the settings into the venv.
+LAB_SETTINGS := $(CURDIR)/.jupyter/lab/settings
 lab: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/jupyter lab
+	PATH=$(abspath $(BIN)):$$PATH JUPYTERLAB_WORKSPACES_DIR=$(CURDIR)/.jupyter/lab/workspaces \
+	  $(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.app_settings_dir=$(LAB_SETTINGS)
 
 clean-env:
 	rm -rf $(VENV)

@@ -1051,6 +1051,35 @@ def embed_points(dem: str | os.PathLike | Dem, embedder: Embedder, lon, lat, *, 
     return out, meta
 
 
+def dem_patches(dem: str | os.PathLike | Dem, lon, lat, res_m: float, crs: str, size: int = PATCH_SIZE
+                ) -> np.ndarray:
+    """The raw height patches ``(N, size, size)`` float32 metres (row 0 north) that a field in ``crs`` embeds at
+    places ``lon, lat`` (the DEM resampled onto the field's grid, as :func:`embed_points`); NaN where the DEM has
+    none (for figures: the query and its matches side by side)."""
+    from topo2vec_lib.grid import check_lonlat_arrays, lonlat_to_xy, make_dataarray
+    from topo2vec_lib.sampler import PatchSampler
+
+    dem = dem if isinstance(dem, Dem) else open_dem(dem)
+    lon, lat = check_lonlat_arrays(np.atleast_1d(lon), np.atleast_1d(lat))
+    x, y = (np.asarray(v, np.float64) for v in lonlat_to_xy(crs, lon, lat))
+    warper = _Warper(dem, crs, float(res_m))
+    out = np.full((x.size, size, size), np.nan, dtype=np.float32)
+    half = size * res_m / 2
+    for i in range(x.size):
+        i0 = math.floor((x[i] - half) / res_m + 0.5) - 1
+        i1 = math.ceil((x[i] + half) / res_m - 0.5) + 1
+        j0 = math.floor((y[i] - half) / res_m + 0.5) - 1
+        j1 = math.ceil((y[i] + half) / res_m - 0.5) + 1
+        raster = warper.read(i0, j1, i1 - i0 + 1, j1 - j0 + 1)
+        if not np.isfinite(raster).any():
+            continue
+        bounds = ((i0 - 0.5) * res_m, (j0 - 0.5) * res_m, (i1 + 0.5) * res_m, (j1 + 0.5) * res_m)
+        da = make_dataarray(raster, bounds, res_m, crs, region="patch", region_lonlat=(-180, -90, 180, 90),
+                            source="dem")
+        out[i] = PatchSampler(da, threads=1).patches_xy(x[i:i + 1], y[i:i + 1], res_m, size, allow_nodata=True)[0]
+    return out
+
+
 def read_places(path: str | os.PathLike):
     """Places of a ``.csv`` (columns ``lon``, ``lat``; other columns kept) or ``.geojson`` (Point features, their
     properties kept) file as a DataFrame with ``lon``, ``lat`` first. ValueError naming the file otherwise."""
