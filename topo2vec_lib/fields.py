@@ -148,6 +148,9 @@ def open_dem(path: str | os.PathLike) -> Dem:
         except (RasterioError, ValueError) as err:
             raise ValueError(f"DEM {path} is not a readable GeoTIFF/VRT: truncated, corrupt or not a raster "
                              f"({type(err).__name__}: {err})") from None
+    if crs is None:
+        raise ValueError(f"DEM {path} has no CRS, so its places cannot be located; write one first "
+                         f"(e.g. gdal_edit.py -a_srs EPSG:4326 {path})")
     if count != 1:
         raise ValueError(f"DEM {path} has {count} bands; an elevation raster has exactly one")
     if min(width, height) < 2:
@@ -155,9 +158,6 @@ def open_dem(path: str | os.PathLike) -> Dem:
     if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
         raise ValueError(f"DEM {path} is not north-up (transform {tuple(transform)[:6]}); warp it first "
                          f"(gdalwarp {path} north_up.tif)")
-    if crs is None:
-        raise ValueError(f"DEM {path} has no CRS, so its places cannot be located; write one first "
-                         f"(e.g. gdal_edit.py -a_srs EPSG:4326 {path})")
     wkt = crs.to_wkt()
     try:
         bl = transform_bounds(crs, LONLAT, *bounds, densify_pts=21)
@@ -1004,11 +1004,29 @@ def pca_rgb(ds: xr.Dataset, max_px: int = 800, sample: int = 50_000, seed: int =
 
 
 # ------------------------------------------------------------------------------------------------ points
+def _on_grid(x: np.ndarray, y: np.ndarray, res_m: float) -> np.ndarray:
+    """``(N,)`` bool: the place is a pixel centre of the grid (within 1e-6 px): its patch is an exact window."""
+    fx, fy = x / res_m, y / res_m
+    return (np.abs(fx - np.rint(fx)) < 1e-6) & (np.abs(fy - np.rint(fy)) < 1e-6)
+
+
+def _windows(raster: np.ndarray, i0: int, j_top: int, x: np.ndarray, y: np.ndarray, res_m: float,
+             size: int) -> np.ndarray:
+    """The exact ``size`` x ``size`` windows ``(N, size, size)`` of ``raster`` (its column 0 is pixel ``i0``, its row
+    0 pixel ``j_top``) centred on grid places ``x, y`` (the field's patches; bilinear sampling could let a NaN
+    neighbour in through a 1e-12 weight)."""
+    c = np.rint(x / res_m).astype(np.int64) - i0 - size // 2
+    r = j_top - np.rint(y / res_m).astype(np.int64) - size // 2
+    view = np.lib.stride_tricks.sliding_window_view(raster, (size, size))
+    return np.ascontiguousarray(view[r, c])
+
+
 def embed_points(dem: str | os.PathLike | Dem, embedder: Embedder, lon, lat, *, res_m: float | None = None,
                  crs: str | None = None, cell: int = 256) -> tuple[np.ndarray, dict]:
     """Embeddings ``(N, D)`` float32 of places ``lon, lat`` (degrees) on the DEM resampled onto the same pixel grid as
-    :func:`embed_field` (so a place on a field cell gets that cell's vector); NaN rows where the patch leaves the DEM
-    or touches nodata. Places are grouped into cells of ``cell x cell`` pixels, each resampled once.
+    :func:`embed_field` (a place on a field cell gets that cell's vector: its patch is the same exact window; other
+    places are sampled bilinearly); NaN rows where the patch leaves the DEM or touches nodata. Places are grouped
+    into cells of ``cell x cell`` pixels, each resampled once.
     Returns ``(vectors, metadata)``."""
     from topo2vec_lib.grid import check_lonlat_arrays, lonlat_to_xy
 
@@ -1031,6 +1049,8 @@ def embed_points(dem: str | os.PathLike | Dem, embedder: Embedder, lon, lat, *, 
     from topo2vec_lib.sampler import PatchSampler
 
     half = PATCH_SIZE * coarsest / 2
+    single = _single_scale(embedder, res_m)
+    encoder = _Encoder(embedder, optimise=False)
     for idx_list in groups.values():
         idx = np.asarray(idx_list)
         gx, gy = x[idx], y[idx]
@@ -1042,9 +1062,14 @@ def embed_points(dem: str | os.PathLike | Dem, embedder: Embedder, lon, lat, *, 
         if not np.isfinite(raster).any():
             continue
         bounds = ((i0 - 0.5) * res_m, (j0 - 0.5) * res_m, (i1 + 0.5) * res_m, (j1 + 0.5) * res_m)
-        da = make_dataarray(raster, bounds, res_m, grid.crs, region="points", region_lonlat=(-180, -90, 180, 90),
-                            source="dem")
-        out[idx] = embed_xy(embedder, PatchSampler(da, threads=1), gx, gy, res_m)
+        exact = _on_grid(gx, gy, res_m) & single
+        if exact.any():
+            out[idx[exact]] = _embed_normalised(encoder, _windows(raster, i0, j1, gx[exact], gy[exact], res_m,
+                                                                  PATCH_SIZE))
+        if not exact.all():
+            da = make_dataarray(raster, bounds, res_m, grid.crs, region="points",
+                                region_lonlat=(-180, -90, 180, 90), source="dem")
+            out[idx[~exact]] = embed_xy(embedder, PatchSampler(da, threads=1), gx[~exact], gy[~exact], res_m)
     warper.warn_sentinels()
     meta = {"format": "topo2vec-points", "version": FIELD_VERSION, **model_metadata(embedder, res_m),
             "crs_wkt": _wkt(grid.crs), "resampling": warper.resampling, "dem": {"path": str(dem.path)}}
@@ -1074,6 +1099,9 @@ def dem_patches(dem: str | os.PathLike | Dem, lon, lat, res_m: float, crs: str, 
         if not np.isfinite(raster).any():
             continue
         bounds = ((i0 - 0.5) * res_m, (j0 - 0.5) * res_m, (i1 + 0.5) * res_m, (j1 + 0.5) * res_m)
+        if _on_grid(x[i:i + 1], y[i:i + 1], res_m)[0]:
+            out[i] = _windows(raster, i0, j1, x[i:i + 1], y[i:i + 1], res_m, size)[0]
+            continue
         da = make_dataarray(raster, bounds, res_m, crs, region="patch", region_lonlat=(-180, -90, 180, 90),
                             source="dem")
         out[i] = PatchSampler(da, threads=1).patches_xy(x[i:i + 1], y[i:i + 1], res_m, size, allow_nodata=True)[0]
