@@ -30,7 +30,7 @@ test: lint
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
 
 bench: setup
-	for b in sampler training regional; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/$$b.py || exit 1; done
+	for b in sampler training regional embed_field; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 # Issue 15's ablation families (notebooks/ablations.py; params.yaml `ablations`): SIZE=full (about two hours on the
 # 2-core machine; the notebook prints its estimate first) or SIZE=tiny (two points per family, minutes). Not part

