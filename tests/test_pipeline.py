@@ -49,10 +49,18 @@ def test_dvc_repro_runs_the_whole_study(tmp_path):
     run = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
 
+    from topo2vec_lib.model_card import card_header, card_text
+
     for model in MODELS:
         assert (repo / "models" / f"{model}.pt").stat().st_size > 0
         train = json.loads((repo / "metrics" / f"train_{model}.json").read_text())
         assert train["wall_s"] > 0
+        # model cards: the train stage's beside the checkpoint, the model_cards stage's with the probe results
+        plain, probed = repo / "models" / f"{model}.md", repo / "reports" / "model_cards" / f"{model}.md"
+        assert card_header(plain)[1] is False and card_header(probed)[1] is True
+        assert card_header(plain)[0] == card_header(probed)[0]
+        assert card_text(repo / "models" / f"{model}.pt")[1] == str(probed)
+        assert "Exp 1, topographic classes" in probed.read_text()
     for experiment, classes in (("exp1", ["peak", "river", "cliff", "saddle"]),
                                 ("exp2", ["aerialway_station", "alpine_hut", "waterfall", "sinkhole"])):
         table = json.loads((repo / "metrics" / f"{experiment}.json").read_text())
