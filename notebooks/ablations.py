@@ -1,11 +1,12 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -61,17 +62,19 @@ metrics_path = "metrics/ablations.json"
 plots_dir = "plots/ablations"
 tables_dir = "reports/tables/ablations"
 estimate_only = False         # plan, calibrate and print the estimate, train nothing
+output_root = None            # None: scratch/ablations/ unless run by notebooks/run.sh; "." writes metrics/plots/tables (cache_dir is shared: keyed by what it computes)
 
 # %%
 from topo2vec_lib import ablations as A
 from topo2vec_lib.checks import boolean, text
-from topo2vec_lib.params import load_params
+from topo2vec_lib.params import load_params, notebook_outputs
 from topo2vec_lib.schema import notebook_section
 
 # every value is checked (topo2vec_lib/schema.py: families, counts, model names) before any work
 notebook_section(globals(), "ablations", local={
     **{k: text(nonempty=True) for k in ("terrain_dir", "labels_dir", "cache_dir", "metrics_path", "plots_dir",
                                          "tables_dir")}, "estimate_only": boolean})
+notebook_outputs(globals(), "ablations", ["metrics_path", "plots_dir", "tables_dir"])
 
 # %%
 import os
