@@ -104,9 +104,8 @@ def test_constant_dimension_is_dropped_not_divided_by_zero(field, standardize):
 
 def test_dataset_from_embed_region(terrain_factory):
     """A field written by regional.embed_region: its query cell is the best match."""
-    from topo2vec_lib.regional import embed_region, valid_mask
-
     from topo2vec_lib.models import Embedder
+    from topo2vec_lib.regional import embed_region, valid_mask
 
     class Stats(Embedder):
         dim, name = 4, "stats"
