@@ -78,7 +78,7 @@ min_train_exp2 = None
 min_test_exp2 = None
 cnn_train_per_class = None    # supervised CNN baseline wish (drawn with jitter if short; reported, not enforced)
 tile_px = None                # derived labels tile by tile when a window is wider than this (px)
-scheduler = None              # dask section: None = a local cluster; sync; or a scheduler address
+scheduler = None              # dask section (None: a local cluster of n_workers processes)
 n_workers = None
 scratch_dir = None
 

@@ -41,7 +41,7 @@ regions = None               # {train: {box | polygon, center, size_km}, test: {
 tile_px = None               # tile side (px) of the terrain's construction
 geotiff_path = None          # for source "geotiff": a local GeoTIFF/VRT
 raw_dir = None               # download cache of real data (source "copernicus")
-scheduler = None             # dask section: None = a local cluster; sync; or a scheduler address
+scheduler = None             # dask section (None: a local cluster of n_workers processes)
 n_workers = None
 scratch_dir = None
 seed = None

@@ -304,6 +304,14 @@ class SyntheticWorld:
                     out.append(f)
         return out
 
+    def features(self, kind: str, bounds) -> list:
+        """The karst plateaus (``kind="plateau"``) or escarpments (``"escarpment"``) that may reach the window
+        ``bounds`` (xmin, ymin, xmax, ymax metres): their centres and sizes, e.g. to find one to look at."""
+        if kind not in ("plateau", "escarpment"):
+            raise ValueError(f"kind={kind!r}: expected 'plateau' or 'escarpment'")
+        reach = 7000.0 * 1.3 if kind == "plateau" else 14000.0 * 1.05 + 4 * 3000.0 + 500.0
+        return self._features_near(kind, np.array([bounds[0], bounds[2]]), np.array([bounds[1], bounds[3]]), reach)
+
     def plateaus(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, bands) -> tuple[np.ndarray, np.ndarray]:
         """``z`` (grid of 1-D ``x``, ``y``) with the karst plateaus raised, and the karst mask in [0, 1]."""
         karst = np.zeros(z.shape)

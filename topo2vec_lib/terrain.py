@@ -311,9 +311,9 @@ def _write_tile(task, store, overview_f, **kw):
 
 def build_terrain(path, source: str, region: str, bounds, *, res_m: float, crs: str, region_lonlat,
                   seed: int = 0, geotiff_path=None, cache_dir="data/raw", tile_px: int = 2048, runner=None,
-                  scratch_dir=None, overview_px: int = 1500) -> dict:
+                  scratch_dir=None, overview_px: int = 1500, chunk_px: int = 512) -> dict:
     """Write the terrain of window ``bounds`` (metres of ``crs``, on the ``res_m`` grid) as a zarr store at
-    ``path``, tile by tile (``tile_px`` square tiles, 512 px chunks), on ``runner`` (a
+    ``path``, tile by tile (``tile_px`` square tiles, a multiple of the ``chunk_px`` zarr chunks), on ``runner`` (a
     :class:`~topo2vec_lib.tiling.TileRunner`; default: in this process). No tile, and no process, holds more
     than a tile (plus its halo); the synthetic world's carve field is written once to a scratch file first
     (:func:`topo2vec_lib.synthetic.carve_field_file`). The store is complete or absent (written to a
@@ -332,8 +332,10 @@ def build_terrain(path, source: str, region: str, bounds, *, res_m: float, crs: 
         raise ValueError(f"unknown terrain source {source!r}: valid sources are {list(SOURCES)}")
     res_m = check_positive("res_m", res_m)
     crs = check_crs(crs)
-    if isinstance(tile_px, bool) or not isinstance(tile_px, (int, np.integer)) or tile_px < 512 or tile_px % 512:
-        raise ValueError(f"tile_px={tile_px!r}: expected a multiple of 512 (the zarr chunk)")
+    if isinstance(tile_px, bool) or not isinstance(tile_px, (int, np.integer)) or tile_px < chunk_px \
+            or tile_px % chunk_px:
+        raise ValueError(f"tile_px={tile_px!r}: expected a multiple of the zarr chunk ({chunk_px} px): a tile writes "
+                         f"whole chunks")
     if source == "geotiff" and not geotiff_path:
         raise ValueError("source='geotiff' needs geotiff_path (a local GeoTIFF or VRT file)")
     x, y = grid_coords(bounds, res_m)
@@ -387,10 +389,10 @@ def build_terrain(path, source: str, region: str, bounds, *, res_m: float, crs: 
                        origin=unfilled_origin, seed=int(seed), res_m=res_m, carve_npy=carve_npy,
                        carve_origin=(crange[0][0], crange[1][0]))
         with atomic_path(path, is_dir=True) as tmp:
-            ds = xr.Dataset({"elevation": (("y", "x"), dsa.zeros((ny, nx), chunks=(512, 512), dtype=np.float32))},
+            chunks = (chunk_px, chunk_px)
+            ds = xr.Dataset({"elevation": (("y", "x"), dsa.zeros((ny, nx), chunks=chunks, dtype=np.float32))},
                             coords={"y": y, "x": x}, attrs={"topo2vec": json.dumps(meta)})
-            ds.to_zarr(tmp, mode="w", compute=False, encoding={"elevation": {"chunks": (512, 512)}},
-                       consolidated=False)
+            ds.to_zarr(tmp, mode="w", compute=False, encoding={"elevation": {"chunks": chunks}}, consolidated=False)
             parts = runner.map(_write_tile, tasks, store=str(tmp), overview_f=f, source=source, bounds=tuple(bounds),
                                res_m=res_m, crs=crs, seed=int(seed), geotiff_path=geotiff_path,
                                resampling=resampling, cache_dir=str(cache_dir), unfilled_npy=unfilled_npy,
