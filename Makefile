@@ -28,7 +28,9 @@ test: lint
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
 
 bench: setup
-	for b in sampler training regional; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/$$b.py || exit 1; done
+	for b in sampler training regional tiled_labels; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/$$b.py || exit 1; done
+	# the scale benchmark keeps sizes measured before (big ones run once): benchmarks/scale.py --sizes 352 paper
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/scale.py
 
 lab: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/jupyter lab

@@ -243,12 +243,12 @@ def _scratch_reader(npy: str, origin: tuple[int, int]):
     return read
 
 
-def _unfilled_task(task, unfilled_npy, karst_npy, origin, seed, res_m, carve_npy, carve_origin):
+def _unfilled_task(task, unfilled_npy, karst_npy, origin, seed, res_m, carve_npy, carve_origin, params):
     """Pass 1 of the synthetic world: the unfilled heights of rows/cols ``task`` into the scratch files."""
     from .synthetic import world
     from .tiling import NpyArray
 
-    w = world(seed, res_m)
+    w = world(seed, res_m, *([params] if params is not None else []))
     rows, cols = (task[0], task[1]), (task[2], task[3])
     read = _scratch_reader(carve_npy, carve_origin)
 
@@ -262,7 +262,7 @@ def _unfilled_task(task, unfilled_npy, karst_npy, origin, seed, res_m, carve_npy
 
 
 def _tile_values(task, source, bounds, res_m, crs, seed, geotiff_path, resampling, cache_dir, unfilled_npy,
-                 karst_npy, unfilled_origin):
+                 karst_npy, unfilled_origin, params=None):
     """Heights of one tile ``(r0, r1, c0, c1)`` of the window (float32, NaN = nodata)."""
     r0, r1, c0, c1 = task
     xmin, _, _, ymax = bounds
@@ -270,7 +270,7 @@ def _tile_values(task, source, bounds, res_m, crs, seed, geotiff_path, resamplin
     if source == "synthetic":
         from .synthetic import world
 
-        w = world(seed, res_m)
+        w = world(seed, res_m, *([params] if params is not None else []))
         rows, cols = w.pixel_window(tb)
         unfilled = None
         if unfilled_npy:
@@ -311,14 +311,15 @@ def _write_tile(task, store, overview_f, **kw):
 
 def build_terrain(path, source: str, region: str, bounds, *, res_m: float, crs: str, region_lonlat,
                   seed: int = 0, geotiff_path=None, cache_dir="data/raw", tile_px: int = 2048, runner=None,
-                  scratch_dir=None, overview_px: int = 1500, chunk_px: int = 512) -> dict:
+                  scratch_dir=None, overview_px: int = 1500, chunk_px: int = 512, params=None) -> dict:
     """Write the terrain of window ``bounds`` (metres of ``crs``, on the ``res_m`` grid) as a zarr store at
     ``path``, tile by tile (``tile_px`` square tiles, a multiple of the ``chunk_px`` zarr chunks), on ``runner`` (a
     :class:`~topo2vec_lib.tiling.TileRunner`; default: in this process). No tile, and no process, holds more
     than a tile (plus its halo); the synthetic world's carve field is written once to a scratch file first
     (:func:`topo2vec_lib.synthetic.carve_field_file`). The store is complete or absent (written to a
     temporary path and renamed; its manifest last). Same store as :func:`save_terrain` (attrs, CRS,
-    transform, manifest).
+    transform, manifest). ``params``: the synthetic world's :class:`~topo2vec_lib.synthetic.WorldParams`
+    (default: the study's).
 
     Returns ``{"path", "shape", "n_finite", "min", "max", "mean", "std", "overview", "overview_f"}``:
     the overview is the block mean of ``overview_f`` px, at most ``overview_px`` wide (for figures).
@@ -371,7 +372,7 @@ def build_terrain(path, source: str, region: str, bounds, *, res_m: float, crs: 
             from .synthetic import carve_field_file, world
             from .tiling import NpyArray
 
-            w = world(seed, res_m)
+            w = world(seed, res_m, *([params] if params is not None else []))
             rows, cols = w.pixel_window(bounds)
             m = w.tile_margin_px
             crange = w.coarse_range((rows[0] - m, rows[1] + m), (cols[0] - m, cols[1] + m))
@@ -387,7 +388,7 @@ def build_terrain(path, source: str, region: str, bounds, *, res_m: float, crs: 
                       for a in range(ur[0], ur[1], tile_px) for b in range(uc[0], uc[1], tile_px)]
             runner.map(_unfilled_task, passes, unfilled_npy=unfilled_npy, karst_npy=karst_npy,
                        origin=unfilled_origin, seed=int(seed), res_m=res_m, carve_npy=carve_npy,
-                       carve_origin=(crange[0][0], crange[1][0]))
+                       carve_origin=(crange[0][0], crange[1][0]), params=params)
         with atomic_path(path, is_dir=True) as tmp:
             chunks = (chunk_px, chunk_px)
             ds = xr.Dataset({"elevation": (("y", "x"), dsa.zeros((ny, nx), chunks=chunks, dtype=np.float32))},
@@ -396,7 +397,7 @@ def build_terrain(path, source: str, region: str, bounds, *, res_m: float, crs: 
             parts = runner.map(_write_tile, tasks, store=str(tmp), overview_f=f, source=source, bounds=tuple(bounds),
                                res_m=res_m, crs=crs, seed=int(seed), geotiff_path=geotiff_path,
                                resampling=resampling, cache_dir=str(cache_dir), unfilled_npy=unfilled_npy,
-                               karst_npy=karst_npy, unfilled_origin=unfilled_origin)
+                               karst_npy=karst_npy, unfilled_origin=unfilled_origin, params=params)
             n = sum(p["n_finite"] for p in parts)
             what = (f"the {source} terrain window of region {region!r} ({ny} x {nx} px, bounds "
                     f"{[round(b, 1) for b in bounds]} m in {crs[:60]})")
