@@ -30,7 +30,9 @@ test: lint
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
 
 bench: setup
-	for b in sampler training regional embed_field; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/$$b.py || exit 1; done
+	for b in sampler training regional tiled_labels embed_field; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/$$b.py || exit 1; done
+	# the scale benchmark keeps sizes measured before (big ones run once): benchmarks/scale.py --sizes 352 paper
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/scale.py
 
 # Issue 15's ablation families (notebooks/ablations.py; params.yaml `ablations`): SIZE=full (about two hours on the
 # 2-core machine; the notebook prints its estimate first) or SIZE=tiny (two points per family, minutes). Not part

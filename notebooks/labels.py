@@ -30,6 +30,11 @@
 # | alpine_hut | Exp 2 | derived-proxy | seeded draws among high (>= `hut_min_elev_quantile`), gentle (<= `hut_max_slope_deg`) cells near cols or below peaks, >= `hut_spacing_m` apart |
 #
 # Human classes are **proxies**: their placement is a plausible stochastic rule, not observed data.
+#
+# Windows wider than `tile_px` pixels are labelled **tile by tile** (`topo2vec_lib.tiled_labels`: Barnes-style
+# tiled depression filling and flow accumulation, prominence trees merged at tile borders, components joined
+# across borders), with exactly the labels of the one-piece rules, on Dask (`dask.scheduler`: a local cluster
+# of processes by default, or an existing cluster's address); the terrain is read tile by tile, never whole.
 
 # %% tags=["parameters"]
 params_path = None            # None: the project's params.yaml; parameters left at None come from its `labels` section
@@ -76,6 +81,10 @@ cnn_train_per_class = None    # supervised CNN baseline wish (drawn with jitter 
 jitter_sigma_m = None         # label noise (labels.perturb_labels): Gaussian offset sd in metres per axis (0: off)
 drop_fraction = None          # label noise: share of the points of each class dropped (0: off)
 output_root = None            # None: scratch/labels/ unless run by the pipeline (notebooks/run.sh); "." writes the pipeline's outputs
+tile_px = None                # derived labels tile by tile when a window is wider than this (px)
+scheduler = None              # dask section (None: a local cluster of n_workers processes)
+n_workers = None
+scratch_dir = None
 
 
 # %%
@@ -87,6 +96,7 @@ from topo2vec_lib.schema import notebook_section
 notebook_section(globals(), "labels", local={k: text(nonempty=True) for k in ("terrain_dir", "out_dir", "plots_dir",
                                                                               "metrics_path")})
 notebook_outputs(globals(), "labels", ["out_dir", "plots_dir", "metrics_path"])
+notebook_section(globals(), "dask")
 
 # %%
 import time
@@ -103,10 +113,17 @@ from IPython.display import display
 from topo2vec_lib import grid as T
 from topo2vec_lib import labels as L
 from topo2vec_lib.storage import atomic_path, write_json
-from topo2vec_lib.terrain import open_region
+from topo2vec_lib.terrain import open_region, store_array
+from topo2vec_lib.tiled_labels import derive_cells_tiled, rule_reach_px
+from topo2vec_lib.tiling import TileRunner, check_reach
 
 rules = {k: globals()[k] for k in L.RULE_DEFAULTS}
 L.rule_params(**rules)  # the library's own check of the rules (the same ranges as the schema)
+terrains = {region: open_region(terrain_dir, region, chunks={}) for region in ("train", "test")}   # lazy
+tiled = {r: source == "derived" and max(da.shape) > tile_px for r, da in terrains.items()}
+for region, da in terrains.items():            # a tile must hold every rule's reach (checked before any work)
+    if tiled[region]:
+        check_reach(tile_px, rule_reach_px(float(da.attrs["res_m"]), L.rule_params(**rules), L.CLASSES))
 
 
 # %% [markdown]
@@ -114,20 +131,32 @@ L.rule_params(**rules)  # the library's own check of the rules (the same ranges 
 # Nothing is written until the labels of both regions are derived and their counts checked (below).
 
 # %%
-terrains, tables, seconds = {}, [], {}
-for region in ("train", "test"):
-    terrains[region] = open_region(terrain_dir, region)
-    t0 = time.perf_counter()
-    df = L.labels_for_terrain(terrains[region], source, seed=seed, rules=rules, progress=True,
-                              osm={"spacing_m": line_spacing_m, **osm}, files=label_files)
-    seconds[region] = round(time.perf_counter() - t0, 2)
-    tables.append(df)
+tables, seconds = [], {}
+runner = TileRunner(scheduler or None, n_workers) if any(tiled.values()) else None   # an address must answer
+try:
+    for region, da in terrains.items():
+        t0 = time.perf_counter()
+        if tiled[region]:
+            store = Path(terrain_dir) / f"{region}.zarr"        # read tile by tile (zarr, no Dask graph)
+            cells = derive_cells_tiled(store_array(store) if store.is_dir() else da, float(da.attrs["res_m"]),
+                                       tile_px, seed=seed, scheduler=runner.client or "sync",
+                                       workdir=None if not scratch_dir else Path(scratch_dir) / f"labels-{region}",
+                                       **rules)
+            df = L.cells_to_table(da, cells)
+        else:
+            df = L.labels_for_terrain(da.load(), source, seed=seed, rules=rules, progress=True,
+                                      osm={"spacing_m": line_spacing_m, **osm}, files=label_files)
+        seconds[region] = round(time.perf_counter() - t0, 2)
+        tables.append(df)
+finally:
+    if runner is not None:
+        runner.close()
 labels = pd.concat(tables, ignore_index=True)
 if jitter_sigma_m or drop_fraction:   # OSM-like noise (0 = off): points moved and some left unmapped, both regions
     n_before = len(labels)
     labels = L.perturb_labels(labels, float(jitter_sigma_m), float(drop_fraction), seed=seed)
     print(f"label noise: moved by {jitter_sigma_m:g} m (sd per axis), kept {len(labels)} of {n_before} points")
-print({r: f"{terrains[r].shape} px, {s} s" for r, s in seconds.items()})
+print({r: f"{terrains[r].shape} px, {'tiled' if tiled[r] else 'one piece'}, {s} s" for r, s in seconds.items()})
 
 # %% [markdown]
 # ## Counts per class and region
@@ -135,7 +164,7 @@ print({r: f"{terrains[r].shape} px, {s} s" for r, s in seconds.items()})
 # %%
 counts = pd.DataFrame(L.label_counts(labels)).reindex(index=list(L.CLASSES), columns=["train", "test"]).fillna(0)
 counts = counts.astype(int)
-area_km2 = {r: float(np.isfinite(terrains[r].values).sum()) * terrains[r].attrs["res_m"] ** 2 / 1e6
+area_km2 = {r: float(np.isfinite(terrains[r]).sum()) * terrains[r].attrs["res_m"] ** 2 / 1e6   # chunk by chunk
             for r in terrains}
 required = {}
 for name, cls in L.CLASSES.items():
@@ -171,7 +200,10 @@ fig, axes = plt.subplots(1, 2, figsize=(16, 8))
 for ax, region in zip(axes, ("train", "test")):
     da = terrains[region]
     x, y = da.x.values / 1e3, da.y.values / 1e3
-    ax.imshow(T.hillshade(da), cmap="gray", extent=(x[0], x[-1], y[-1], y[0]), interpolation="nearest")
+    step = max(1, int(np.ceil(max(da.shape) / 1500)))      # big windows: every step-th pixel of the hillshade
+    view = da.isel(y=slice(None, None, step), x=slice(None, None, step)).values
+    ax.imshow(T.hillshade(view, res_m=da.attrs["res_m"] * step), cmap="gray", extent=(x[0], x[-1], y[-1], y[0]),
+              interpolation="nearest")
     sub = labels[labels["region"] == region]
     for name, color in colors.items():
         pts = sub[sub["class"] == name]
@@ -198,6 +230,8 @@ write_json(metrics_path, {
     "noise": {"jitter_sigma_m": jitter_sigma_m, "drop_fraction": drop_fraction},
     "area_km2": area_km2,
     "seconds": seconds,
+    "tiled": tiled,
+    "tile_px": tile_px,
     "counts": {r: {c: int(counts.loc[c, r]) for c in L.CLASSES} for r in ("train", "test")},
     "required": required,
     "cnn_train_per_class": {"wanted": cnn_train_per_class,

@@ -34,6 +34,7 @@ from topo2vec_lib.models.trainer import resolve_device
 from topo2vec_lib.params import model_parameters, notebook_outputs, project_root, resolve_params_path
 from topo2vec_lib.schema import check_params
 from topo2vec_lib.storage import write_json
+from topo2vec_lib.tiling import check_scheduler
 
 path = resolve_params_path(params_path).resolve()
 params = check_params(path)                       # every section but train/models
@@ -46,6 +47,9 @@ for name in params["models"]:                     # train + models.<name>: the t
     except ValueError as err:
         raise ValueError(f"{path}: models.{name} (over the train section): {err}") from None
     models[name] = cfg.KIND
+address = params["dask"]["scheduler"]
+if address and "://" in address:                  # an existing cluster must answer before any stage starts
+    check_scheduler(address)
 print(f"{path}: every section is valid; models {models}")
 
 # %%

@@ -112,14 +112,16 @@ def load_real(path, bounds, crs):
     return da.where(da > 0)  # sea (0 m in GLO-30/NASADEM) -> nodata
 
 
-def load_synthetic(region: str, cache: Path | None, generator: str = "v1"):
+def load_synthetic(region: str, cache: Path | None, generator: str = "v2"):
+    """The study's 44 km window of ``region`` from the current synthetic world (``v2``: a function of absolute
+    position; ``synthetic.py`` since issue 12) or the prototype of branch ``realism`` (``proto``)."""
     name = f"{generator}_{region}.zarr"
     if cache is not None and (cache / name).exists():
         return open_terrain(cache / name)
-    if generator == "v1":
+    if generator == "v2":
         da = load_terrain("synthetic", region, center_lonlat=SYNTHETIC[region], size_km=44, res_m=RES_M)
     else:
-        from topo2vec_lib.synthetic_v2_proto import proto_terrain
+        from topo2vec_lib.synthetic_v2_proto import proto_terrain  # type: ignore[import-not-found]
 
         da = proto_terrain(region, SYNTHETIC[region], size_km=44, res_m=RES_M)
     if cache is not None:
@@ -159,7 +161,8 @@ def figure(stats: dict, groups: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(3, 3, figsize=(18, 15.5))
     style = {"real": dict(color="0.55", lw=1.0), "nasadem": dict(color="tab:green", lw=1.0, ls=":"),
-             "v1": dict(color="tab:red", lw=2.0), "proto": dict(color="tab:blue", lw=2.0)}
+             "v1": dict(color="tab:red", lw=2.0), "proto": dict(color="tab:blue", lw=2.0),
+             "v2": dict(color="tab:purple", lw=2.5)}
     names = [n for g in groups.values() for n in g]
     group_of = {n: g for g, ns in groups.items() for n in ns}
     # slope pdf
@@ -229,8 +232,9 @@ def figure(stats: dict, groups: dict, path: Path) -> None:
 
     handles = [Line2D([], [], label=lab, **style[g]) for g, lab in
                [("real", "GLO-30 N34W119 windows"), ("nasadem", "NASADEM N34W119 windows"),
-                ("v1", "synthetic (train, test)"), ("proto", "synthetic v2 prototype")] if groups.get(g)]
-    fig.legend(handles=handles, loc="upper center", ncol=4)
+                ("v1", "synthetic v1 (train, test)"), ("proto", "prototype of the fixes"),
+                ("v2", "synthetic v2 (train, test)")] if groups.get(g)]
+    fig.legend(handles=handles, loc="upper center", ncol=5)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -243,6 +247,8 @@ DETAIL_CROPS = {  # 12 km squares (400 px) for the detail hillshades: name -> (r
     "proto_test": (slice(300, 700), slice(200, 600)),
     "synthetic_train": (slice(700, 1100), slice(300, 700)),       # hills, karst plateau, plain
     "proto_train": (slice(700, 1100), slice(300, 700)),
+    "v2_test": (slice(300, 700), slice(200, 600)),
+    "v2_train": (slice(700, 1100), slice(300, 700)),
 }
 
 
@@ -283,14 +289,20 @@ def main(argv=None) -> None:
     ap.add_argument("--dem-stitcher", type=Path, required=True, help="unpacked dem_stitcher-3.2.0 sdist")
     ap.add_argument("--out", type=Path, default=Path("reports/realism_before"), help="output stem (.json, .png)")
     ap.add_argument("--cache", type=Path, default=None, help="cache dir for the synthetic windows (zarr)")
-    ap.add_argument("--proto", action="store_true", help="also the windows of synthetic_v2_proto")
+    ap.add_argument("--proto", action="store_true", help="also the windows of synthetic_v2_proto (branch realism)")
     ap.add_argument("--real-from", type=Path, default=None,
-                    help="reuse the real windows' statistics of an earlier output JSON (no re-reading of the tiles)")
+                    help="reuse the real windows' statistics of an earlier output JSON (no re-reading of the tiles); "
+                         "its synthetic v1 and prototype windows are carried over as 'before'")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     stats, thumbs = {}, {}
-    groups = {"real": [], "nasadem": [], "v1": [], "proto": []}
+    groups: dict[str, list[str]] = {"real": [], "nasadem": [], "v1": [], "proto": [], "v2": []}
     earlier = json.loads(args.real_from.read_text())["statistics"] if args.real_from else {}
+    for name, group in (("synthetic_train", "v1"), ("synthetic_test", "v1"), ("proto_train", "proto"),
+                        ("proto_test", "proto")):
+        if name in earlier and not (group == "proto" and args.proto):
+            stats[name] = earlier[name]
+            groups[group].append(name)
     for name, (path, bounds, crs) in real_windows(args.dem_stitcher).items():
         t0 = time.perf_counter()
         da = None
@@ -307,23 +319,23 @@ def main(argv=None) -> None:
         if name in DETAIL_CROPS:
             thumbs[name] = da if da is not None else load_real(path, bounds, crs)
         print(f"{name}: {time.perf_counter() - t0:.1f} s, nodata {stats[name]['nodata_fraction']:.3f}", flush=True)
-    gens = ["v1"] + (["proto"] if args.proto else [])
+    gens = ["v2"] + (["proto"] if args.proto else [])
     for gen in gens:
         for region in SYNTHETIC:
             t0 = time.perf_counter()
             da = load_synthetic(region, args.cache, gen)
-            name = f"synthetic_{region}" if gen == "v1" else f"proto_{region}"
+            name = f"{gen}_{region}"
             stats[name] = terrain_statistics(da)
             groups[gen].append(name)
             thumbs[name] = da
             print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
     real44 = groups["real"] + groups["nasadem"]
-    others = groups["v1"] + groups["proto"] + ["glo30_N34W119_full86km", "glo30_N54W165_unimak60km"]
+    others = groups["v1"] + groups["proto"] + groups["v2"] + ["glo30_N34W119_full86km", "glo30_N54W165_unimak60km"]
     comparisons = {}
     for ref in groups["real"] + ["glo30_N34W119_full86km"]:
         # the synthetic windows against every GLO-30 window; the real windows against each other and
         # NASADEM against GLO-30 on the same window give the spread of real terrain (the noise floor)
-        for other in groups["v1"] + groups["proto"] + [n for n in groups["real"] if n != ref] + \
+        for other in groups["v1"] + groups["proto"] + groups["v2"] + [n for n in groups["real"] if n != ref] + \
                 [ref.replace("glo30", "nasadem")]:
             comparisons[f"{other}__vs__{ref}"] = compare_statistics(stats[ref], stats[other])
     result = {"what": "terrain statistics (topo2vec_lib.terrain_stats) of real DEM windows and the synthetic world",

@@ -28,6 +28,12 @@ def tiny_params(**sections) -> dict:
     return deep_merge(deep_merge(study, yaml.safe_load(TINY_OVERRIDES.read_text())), sections)
 
 
+def regions(size_km=4, train_center=(12.0, 47.2), test_center=(7.6, 46.6)) -> dict:
+    """``data.regions`` with the paper's boxes and windows of ``size_km`` around the study's centres."""
+    return {"train": {"box": [10.0, 45.0, 15.0, 50.0], "center": list(train_center), "size_km": size_km},
+            "test": {"box": [5.0, 45.0, 10.0, 50.0], "center": list(test_center), "size_km": size_km}}
+
+
 def write_params(path: Path, **sections) -> Path:
     """Write :func:`tiny_params` (with ``sections`` merged over it) to ``path``; returns the path."""
     import yaml

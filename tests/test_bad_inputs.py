@@ -314,6 +314,16 @@ def test_bad_input_gives_a_clear_error(row, ctx):
 
 
 # ------------------------------------------------------------------------------------------------ params.yaml
+def _regions(**changes) -> dict:
+    """The tiny study's ``data.regions`` with some fields of some regions changed (None: the field removed)."""
+    from conftest import regions
+
+    out = regions(9)
+    for name, fields in changes.items():
+        out[name] = {k: v for k, v in {**out[name], **fields}.items() if v is not None or k == "center"}
+    return out
+
+
 @dataclasses.dataclass
 class ParamRow:
     id: str
@@ -360,12 +370,44 @@ PARAM_ROWS = [
     ParamRow("seed 1.5", None, "seed", 1.5, "seed=1.5: expected an integer >= 0"),
     ParamRow("seed as text", None, "seed", "0", "seed='0': expected an integer >= 0"),
     ParamRow("res_m: thirty", "data", "res_m", "thirty", "data.res_m='thirty': expected a finite number > 0"),
-    ParamRow("size_km: 0", "data", "size_km", 0, "data.size_km=0"),
+    ParamRow("size_km: 0", "data", "regions", _regions(train={"size_km": 0}),
+             "data.regions.train.size_km must be a positive number, got 0"),
+    ParamRow("size_km of 3 numbers", "data", "regions", _regions(test={"size_km": [1, 2, 3]}),
+             "data.regions.test.size_km=[1, 2, 3]: expected a number"),
     ParamRow("a CRS in degrees", "data", "crs", "EPSG:4326", "got a geographic CRS"),
-    ParamRow("train window in the test polygon", "data", "train_center", [7.6, 46.6],
+    ParamRow("a CRS in feet", "data", "crs", "EPSG:2263", "must be a projected CRS in metres"),
+    ParamRow("train window in the test polygon", "data", "regions", _regions(train={"center": [7.6, 46.6]}),
              "which is not inside region 'train'"),
-    ParamRow("test centre lon 367.6", "data", "test_center", [367.6, 46.6],
-             "data.test_center=[367.6, 46.6]: expected [lon, lat] in degrees"),
+    ParamRow("window larger than its box", "data", "regions", _regions(test={"size_km": 600}),
+             "which is not inside region 'test'"),
+    ParamRow("test centre lon 367.6", "data", "regions", _regions(test={"center": [367.6, 46.6]}),
+             "data.regions.test.center=[367.6, 46.6]: expected [lon, lat] in degrees"),
+    ParamRow("box lon_min >= lon_max", "data", "regions", _regions(train={"box": [15.0, 45.0, 15.0, 50.0]}),
+             "data.regions.train.box=[15.0, 45.0, 15.0, 50.0]: lon_min 15 >= lon_max 15"),
+    ParamRow("box across the antimeridian", "data", "regions",
+             _regions(train={"box": [175.0, -45.0, -175.0, -40.0], "center": None}),
+             "lon_min 175 > lon_max -175: a box crossing the antimeridian (180 degrees) is not supported"),
+    ParamRow("box reaching a pole", "data", "regions", _regions(test={"box": [5.0, 80.0, 10.0, 90.0],
+                                                                   "center": None}),
+             "data.regions.test.box=[5.0, 80.0, 10.0, 90.0]: the box reaches the north pole"),
+    ParamRow("box in lat/lon order", "data", "regions", _regions(test={"box": [45.0, 5.0, 50.0, 10.0]}),
+             "which is not inside region 'test'"),
+    ParamRow("box and polygon", "data", "regions", _regions(test={"polygon": "test.geojson"}),
+             "data.regions.test: give exactly one of box"),
+    ParamRow("a polygon file that is not there", "data", "regions",
+             _regions(test={"box": None, "polygon": "no/such.geojson"}),
+             "data.regions.test.polygon='no/such.geojson' is not an existing file"),
+    ParamRow("a third region", "data", "regions", {**_regions(), "valid": _regions()["test"]},
+             "data.regions must name exactly the regions ['train', 'test']"),
+    ParamRow("an unknown region key", "data", "regions", _regions(train={"centre": [12.0, 47.2]}),
+             "data.regions.train: unknown key(s) ['centre']"),
+    ParamRow("terrain tile not a multiple of 512", "data", "tile_px", 1000, "data.tile_px=1000: expected a multiple "
+             "of 512"),
+    ParamRow("label tile smaller than the rules' reach", "labels", "tile_px", 100, "labels.tile_px = 100 is smaller "
+             "than the aerialway_station reach of 135 cells", notebook=False),
+    ParamRow("scheduler without a scheme", "dask", "scheduler", "localhost:8786", "dask.scheduler='localhost:8786': "
+             "expected null"),
+    ParamRow("zero workers", "dask", "n_workers", 0, "dask.n_workers=0: expected an integer >= 1"),
     ParamRow("geotiff source without a file", "data", "source", "geotiff", "source='geotiff' needs geotiff_path"),
     ParamRow("classes: 'peak' (a string)", "exp1", "classes", "peak", "exp1.classes='peak': expected a list of "
              "label class names, not a single str"),
@@ -635,6 +677,11 @@ def test_params_check_notebook(tmp_path, notebook_runner):
     bad["models"]["saumoco"]["temperature"] = 0
     with pytest.raises(papermill.PapermillExecutionError, match=r"models.saumoco \(over the train section\): "
                                                                 r"temperature=0: expected a finite number > 0"):
+        notebook_runner("params_check", tmp_path / "nb", {"params_path": str(_write(tmp_path, bad)),
+                                                          "out_path": str(out)})
+    assert not out.exists()
+    bad = tiny_params(dask={"scheduler": "tcp://127.0.0.1:9"})    # nothing listens on the discard port
+    with pytest.raises(papermill.PapermillExecutionError, match=r"dask scheduler 'tcp://127.0.0.1:9' does not answer"):
         notebook_runner("params_check", tmp_path / "nb", {"params_path": str(_write(tmp_path, bad)),
                                                           "out_path": str(out)})
     assert not out.exists()

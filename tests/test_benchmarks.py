@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sampler", "training", "regional", "embed_field"])
+@pytest.mark.parametrize("name", ["sampler", "training", "regional", "tiled_labels", "scale", "embed_field"])
 def test_benchmark_quick_run_writes_results(name, tmp_path):
     out = tmp_path / f"{name}.json"
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{name}.py"), "--quick", "--out", str(out)],

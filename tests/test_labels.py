@@ -281,7 +281,7 @@ def tiny_terrain_dir(tmp_path_factory):
     terrain = pytest.importorskip("topo2vec_lib.terrain", reason="terrain.py (engineer A) is absent")
     d = tmp_path_factory.mktemp("terrain")
     for region, center in [("train", (12.0, 47.2)), ("test", (7.6, 46.6))]:
-        terrain.save_terrain(synthetic.synthetic_terrain(region, center, 4.0, 30), d / f"{region}.zarr")
+        terrain.save_terrain(synthetic.synthetic_terrain(region, center, 5.0, 30), d / f"{region}.zarr")
     return d
 
 
@@ -376,3 +376,35 @@ def test_perturb_labels_nested_drops_and_jitter_independent_of_the_drop():
 def test_perturb_labels_bad_values(kw):
     with pytest.raises(ValueError, match=list(kw)[0]):
         L.perturb_labels(_noise_table(), **kw)
+
+
+@pytest.mark.slow
+def test_labels_notebook_tiled_on_a_local_cluster_equals_one_piece(tiny_terrain_dir, tmp_path, notebook_runner):
+    """The stage's tiled path (windows wider than tile_px, a dask.distributed LocalCluster of 2 processes)
+    writes the same tables as its one-piece path; a tile smaller than the rules' reach fails before any work,
+    and so does a scheduler address that does not answer, both writing nothing."""
+    import papermill
+
+    common = dict(terrain_dir=str(tiny_terrain_dir), min_train_exp1=0, min_test_exp1=0, min_train_exp2=0,
+                  min_test_exp2=0)
+
+    def outs(name):
+        return dict(out_dir=str(tmp_path / name / "labels"), plots_dir=str(tmp_path / name / "plots"),
+                    metrics_path=str(tmp_path / name / "metrics.json"))
+    notebook_runner("labels", tmp_path / "nb1", {**common, **outs("one"), "tile_px": 4096})
+    notebook_runner("labels", tmp_path / "nb2", {**common, **outs("tiled"), "tile_px": 136, "n_workers": 2})
+    one, tiled = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "tiled"))
+    assert one["tiled"] == {"train": False, "test": False} and tiled["tiled"] == {"train": True, "test": True}
+    assert one["counts"] == tiled["counts"]
+    a, b = L.read_labels(tmp_path / "one" / "labels"), L.read_labels(tmp_path / "tiled" / "labels")
+    key = ["region", "class", "lon", "lat"]
+    assert a.sort_values(key).reset_index(drop=True).equals(b.sort_values(key).reset_index(drop=True))
+
+    with pytest.raises(papermill.PapermillExecutionError, match="tile_px = 100 is smaller than the "
+                                                               "aerialway_station reach of 135 cells"):
+        notebook_runner("labels", tmp_path / "nb3", {**common, **outs("small"), "tile_px": 100})
+    with pytest.raises(papermill.PapermillExecutionError, match="dask scheduler 'tcp://127.0.0.1:9' does not answer"):
+        notebook_runner("labels", tmp_path / "nb4", {**common, **outs("nosched"), "tile_px": 136,
+                                                     "scheduler": "tcp://127.0.0.1:9"})
+    for name in ("small", "nosched"):
+        assert not (tmp_path / name).exists()

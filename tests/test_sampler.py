@@ -490,3 +490,28 @@ def test_nan_free_levels_skip_the_nodata_check_with_the_same_places():
     z = rough_terrain(160, seed=6).values.copy()
     z[10, 10] = np.nan
     assert all(PatchSampler(make_terrain(z))._level_has_nan)             # one NaN pixel reaches every level
+
+
+@pytest.mark.parametrize("shape,levels,strip_log2", [((1000, 777), None, 8), ((513, 1030), 3, 2), ((3, 5), None, 8)])
+def test_streamed_pyramid_equals_the_one_piece_pyramid(shape, levels, strip_log2):
+    from topo2vec_lib.sampler import streamed_pyramid
+
+    z = np.random.default_rng(0).normal(size=shape).astype(np.float32) * 100
+    z[1:3, 2:4] = np.nan
+    a = block_mean_pyramid(z, levels)
+    b = streamed_pyramid(lambda r0, r1: z[r0:r1], z.shape, levels, strip_log2=strip_log2)
+    assert len(a) == len(b) and all(np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b))
+
+
+def test_sampler_of_a_lazy_store_equals_the_loaded_one(tmp_path, terrain_factory):
+    """A zarr store opened lazily (chunks={}) gives the same pyramid and patches, read strip by strip."""
+    from topo2vec_lib.terrain import open_terrain, save_terrain
+
+    z = np.random.default_rng(1).normal(size=(700, 650)).cumsum(axis=0).cumsum(axis=1)
+    save_terrain(terrain_factory(z), tmp_path / "t.zarr", chunk_px=128)
+    lazy = open_terrain(tmp_path / "t.zarr", chunks={})
+    assert lazy.chunks is not None
+    a, b = PatchSampler(open_terrain(tmp_path / "t.zarr")), PatchSampler(lazy)
+    assert all(np.array_equal(x, y) for x, y in zip(a.pyramid, b.pyramid))
+    lon, lat = a.random_places(20, res_m=120, rng=0)
+    assert np.array_equal(a.patches(lon, lat, 120), b.patches(lon, lat, 120))

@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 import rasterio
-from conftest import make_terrain
+from conftest import make_terrain, regions
 from rasterio.transform import from_origin
 
 from topo2vec_lib.grid import (
@@ -249,8 +249,8 @@ def test_slope_and_hillshade():
 # ------------------------------------------------------------------ notebook
 @pytest.mark.slow
 def test_terrain_notebook_smoke(tmp_path, notebook_runner):
-    params = dict(size_km=4, res_m=30, out_dir=str(tmp_path / "terrain"), plots_dir=str(tmp_path / "plots"),
-                  metrics_path=str(tmp_path / "metrics" / "terrain.json"))
+    params = dict(regions=regions(4), res_m=30, scheduler="sync", out_dir=str(tmp_path / "terrain"),
+                  plots_dir=str(tmp_path / "plots"), metrics_path=str(tmp_path / "metrics" / "terrain.json"))
     notebook_runner("terrain", tmp_path / "nb", params)
     for region in ("train", "test"):
         da = open_terrain(tmp_path / "terrain" / f"{region}.zarr")
@@ -271,8 +271,9 @@ def test_terrain_notebook_checks_both_windows_before_writing(tmp_path, notebook_
     """A test window outside its polygon fails before the train terrain is written (it used to be written)."""
     import papermill
 
-    params = dict(size_km=4, res_m=30, test_center=[12.0, 47.2], out_dir=str(tmp_path / "terrain"),
-                  plots_dir=str(tmp_path / "plots"), metrics_path=str(tmp_path / "metrics" / "terrain.json"))
+    params = dict(regions=regions(4, test_center=(12.0, 47.2)), res_m=30, scheduler="sync",
+                  out_dir=str(tmp_path / "terrain"), plots_dir=str(tmp_path / "plots"),
+                  metrics_path=str(tmp_path / "metrics" / "terrain.json"))
     with pytest.raises(papermill.PapermillExecutionError, match="not inside region 'test'"):
         notebook_runner("terrain", tmp_path / "nb", params)
     assert not (tmp_path / "terrain").exists() and not (tmp_path / "metrics").exists()

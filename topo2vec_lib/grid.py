@@ -181,54 +181,139 @@ def check_bounds_lonlat(bounds, what: str = "bounds_lonlat") -> tuple[float, flo
     return lon0, lat0, lon1, lat1
 
 
+def check_region_box(box, what: str = "box") -> tuple[float, float, float, float]:
+    """A region's ``[lon_min, lat_min, lon_max, lat_max]`` (degrees, lon/lat order) as floats; ValueError naming
+    the value for anything else, with the reason: lon_min >= lon_max (a box crossing the antimeridian, whose
+    lon_min is east of its lon_max, is named as such), lat_min >= lat_max, or a box reaching a pole (no
+    metric window around a pole fits one lon/lat box; keep boxes within -89.9..89.9 degrees)."""
+    try:
+        if isinstance(box, (str, bytes, Mapping)) or len(box) != 4:
+            raise ValueError
+        lon0, lat0, lon1, lat1 = (float(v) for v in as_numbers(list(box), what))
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}={box!r}: expected 4 numbers [lon_min, lat_min, lon_max, lat_max] in "
+                         f"degrees") from None
+    if not all(math.isfinite(v) for v in (lon0, lat0, lon1, lat1)) or max(abs(lon0), abs(lon1)) > 180 \
+            or max(abs(lat0), abs(lat1)) > 90:
+        raise ValueError(f"{what}={box!r}: lon must lie in -180..180 and lat in -90..90 (lon/lat order; never "
+                         f"wrapped)")
+    if lon0 > lon1:
+        raise ValueError(f"{what}={box!r}: lon_min {lon0:g} > lon_max {lon1:g}: a box crossing the antimeridian "
+                         f"(180 degrees) is not supported; split the region at 180 or give a box on one side")
+    if lon0 == lon1:
+        raise ValueError(f"{what}={box!r}: lon_min {lon0:g} >= lon_max {lon1:g} (an empty box)")
+    if lat0 >= lat1:
+        raise ValueError(f"{what}={box!r}: lat_min {lat0:g} >= lat_max {lat1:g} (lon/lat order: "
+                         f"[lon_min, lat_min, lon_max, lat_max])")
+    if lat1 > 89.9 or lat0 < -89.9:
+        pole, lat = ("north", lat1) if lat1 > 89.9 else ("south", lat0)
+        raise ValueError(f"{what}={box!r}: the box reaches the {pole} pole (lat {lat:g}); boxes must stay within "
+                         f"-89.9..89.9 degrees (windows across a pole are not supported)")
+    return lon0, lat0, lon1, lat1
+
+
+def check_size_km(size_km, what: str = "size_km") -> tuple[float, float]:
+    """A window size: a number (a square, km) or ``[width_km, height_km]``; returns ``(width, height)``."""
+    if isinstance(size_km, (list, tuple, np.ndarray)):
+        if len(size_km) != 2:
+            raise ValueError(f"{what}={size_km!r}: expected a number (a square window, km) or [width_km, height_km]")
+        return (check_positive(f"{what}[0] (width_km)", size_km[0]),
+                check_positive(f"{what}[1] (height_km)", size_km[1]))
+    if isinstance(size_km, (bool, np.bool_)):
+        raise ValueError(f"{what}={size_km!r}: expected a number of km or [width_km, height_km]")
+    s = check_positive(what, size_km)
+    return s, s
+
+
 # ---------------------------------------------------------------- windows and grids
-def window_bounds(center_lonlat, size_km: float, res_m: float, crs: str = "EPSG:3035"
+def window_bounds(center_lonlat, size_km, res_m: float, crs: str = "EPSG:3035"
                   ) -> tuple[float, float, float, float]:
-    """(xmin, ymin, xmax, ymax) metres of a square window of about ``size_km`` centred on a lon/lat.
+    """(xmin, ymin, xmax, ymax) metres of a window of about ``size_km`` (a number: a square; ``[width_km,
+    height_km]``: a rectangle) centred on a lon/lat.
 
     Edges are snapped to multiples of ``res_m`` (same rule as ``tests/conftest.make_terrain``), and the
     window holds ``n = round(size_km * 1000 / res_m)`` pixels a side (at least 3).
     """
     lon, lat = check_lonlat(center_lonlat)
-    size_km = check_positive("size_km", size_km)
+    w_km, h_km = check_size_km(size_km)
     res_m = check_positive("res_m", res_m)
     check_crs(crs)
-    n = max(3, int(round(size_km * 1000.0 / res_m)))
+    nx = max(3, int(round(w_km * 1000.0 / res_m)))
+    ny = max(3, int(round(h_km * 1000.0 / res_m)))
     cx, cy = (float(v) for v in lonlat_to_xy(crs, lon, lat))
-    xmin = math.floor(cx / res_m) * res_m - (n // 2) * res_m
-    ymax = math.floor(cy / res_m) * res_m + (n // 2) * res_m
-    return (xmin, ymax - n * res_m, xmin + n * res_m, ymax)
+    if not (math.isfinite(cx) and math.isfinite(cy)):
+        raise ValueError(f"center {[lon, lat]} cannot be projected to {crs_string(crs)[:80]}")
+    xmin = math.floor(cx / res_m) * res_m - (nx // 2) * res_m
+    ymax = math.floor(cy / res_m) * res_m + (ny // 2) * res_m
+    return (xmin, ymax - ny * res_m, xmin + nx * res_m, ymax)
 
 
 def region_lonlat_of(region: str, region_lonlat=None) -> tuple[float, float, float, float]:
     """The (lon_min, lat_min, lon_max, lat_max) polygon of ``region`` (a paper region or given explicitly)."""
     if region_lonlat is not None:
-        return check_bounds_lonlat(region_lonlat, "region_lonlat")
+        check_bounds_lonlat(region_lonlat, "region_lonlat")
+        return check_region_box(region_lonlat, "region_lonlat")
     if region not in PAPER_REGIONS:
         raise ValueError(f"unknown region {region!r}: use one of {sorted(PAPER_REGIONS)} or pass region_lonlat")
     return PAPER_REGIONS[region]
 
 
-def region_window(region: str, center_lonlat, size_km: float, res_m: float, crs: str = "EPSG:3035",
-                  region_lonlat=None) -> tuple[float, float, float, float]:
-    """:func:`window_bounds`, checked to lie inside the region's lon/lat polygon (ValueError otherwise).
+def points_in_polygon(lon, lat, ring) -> np.ndarray:
+    """``(N,)`` bool: lon/lat points inside the polygon ``ring`` (``(M, 2)`` lon/lat vertices; even-odd rule)."""
+    lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+    ring = np.asarray(ring, np.float64)
+    x0, y0 = ring[:, 0], ring[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    inside = np.zeros(lon.shape, bool)
+    for a, b, c, d in zip(x0, y0, x1, y1):
+        if b == d:
+            continue
+        crosses = (b > lat) != (d > lat)
+        xi = a + (lat - b) * (c - a) / (d - b)
+        inside ^= crosses & (lon < xi)
+    return inside
 
-    The window's outline (corners and points along its edges) is transformed to lon/lat and must fall
-    inside ``region_lonlat_of(region, region_lonlat)``.
+
+def window_outline_lonlat(bounds, crs: str, n: int = 9) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat of points along the outline of a window ``(xmin, ymin, xmax, ymax)`` of ``crs``."""
+    xmin, ymin, xmax, ymax = bounds
+    t = np.linspace(0.0, 1.0, n)
+    xs = np.concatenate([xmin + t * (xmax - xmin), np.full(n, xmax), xmax - t * (xmax - xmin), np.full(n, xmin)])
+    ys = np.concatenate([np.full(n, ymin), ymin + t * (ymax - ymin), np.full(n, ymax), ymax - t * (ymax - ymin)])
+    return xy_to_lonlat(crs, xs, ys)
+
+
+def region_window(region: str, center_lonlat, size_km, res_m: float, crs: str = "EPSG:3035",
+                  region_lonlat=None, polygon=None) -> tuple[float, float, float, float]:
+    """:func:`window_bounds`, checked to lie inside the region (ValueError naming the window otherwise).
+
+    The window's outline (corners and points along its edges) is transformed to lon/lat and must fall inside
+    ``region_lonlat_of(region, region_lonlat)`` and, when given, inside ``polygon`` (``(M, 2)`` lon/lat ring),
+    with no polygon vertex inside the window. A window crossing the antimeridian is refused.
     """
     box = region_lonlat_of(region, region_lonlat)
     bounds = window_bounds(center_lonlat, size_km, res_m, crs)
-    xmin, ymin, xmax, ymax = bounds
-    t = np.linspace(0.0, 1.0, 9)
-    xs = np.concatenate([xmin + t * (xmax - xmin), np.full(9, xmax), xmax - t * (xmax - xmin), np.full(9, xmin)])
-    ys = np.concatenate([np.full(9, ymin), ymin + t * (ymax - ymin), np.full(9, ymax), ymax - t * (ymax - ymin)])
-    lon, lat = xy_to_lonlat(crs, xs, ys)
+    lon, lat = window_outline_lonlat(bounds, crs)
+    size = size_km if isinstance(size_km, (int, float)) else list(size_km)
+    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+        raise ValueError(f"the {size} km window centred on {list(center_lonlat)} does not project back to lon/lat "
+                         f"in {crs_string(crs)[:80]} (too large for that CRS?)")
+    if lon.max() - lon.min() > 180.0:
+        raise ValueError(f"the {size} km window centred on {list(center_lonlat)} crosses the antimeridian "
+                         f"(180 degrees); windows must stay on one side of it")
     inside = (lon >= box[0]) & (lon <= box[2]) & (lat >= box[1]) & (lat <= box[3])
+    what = f"region {region!r} {list(box)}"
+    if inside.all() and polygon is not None:
+        ring = np.asarray(polygon, np.float64)
+        inside = points_in_polygon(lon, lat, ring)
+        vx, vy = lonlat_to_xy(crs, ring[:, 0], ring[:, 1])
+        if ((vx > bounds[0]) & (vx < bounds[2]) & (vy > bounds[1]) & (vy < bounds[3])).any():
+            inside[:] = False
+        what = f"the polygon of region {region!r} (box {list(box)})"
     if not inside.all():
         raise ValueError(
-            f"the {size_km} km window centred on {list(center_lonlat)} spans lon {lon.min():.3f}..{lon.max():.3f}, "
-            f"lat {lat.min():.3f}..{lat.max():.3f}, which is not inside region {region!r} {list(box)}; "
-            f"move the centre or shrink size_km")
+            f"the {size} km window centred on {list(center_lonlat)} spans lon {lon.min():.3f}..{lon.max():.3f}, "
+            f"lat {lat.min():.3f}..{lat.max():.3f}, which is not inside {what}; move the centre or shrink size_km")
     return bounds
 
 

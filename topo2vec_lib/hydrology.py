@@ -353,6 +353,14 @@ def _exact_ramp(f: np.ndarray, valid: np.ndarray, outlet: np.ndarray) -> np.ndar
     return np.where(valid, _from_ordinal(out).reshape(ny, nx), np.nan)
 
 
+def fill_levels(dem: np.ndarray) -> np.ndarray:
+    """Every closed depression of ``dem`` ``(ny, nx)`` raised to its spill level (exact priority-flood), float64,
+    NaN stays NaN; flats stay flat (no ramp: :func:`fill_depressions` adds one so that flats drain)."""
+    z = _check_dem(dem)
+    valid = np.isfinite(z)
+    return _basin_levels(z, valid, outlet_mask(valid))
+
+
 def fill_depressions(dem: np.ndarray, epsilon_m: float | None = None, max_rounds: int | None = None) -> np.ndarray:
     """Depression-filled copy of ``dem`` ``(ny, nx)`` as float64 metres; NaN stays NaN.
 

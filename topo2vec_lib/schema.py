@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from topo2vec_lib import checks as C
-from topo2vec_lib.grid import check_crs, region_window
-from topo2vec_lib.labels import CLASSES, LABEL_SOURCES, RULE_CHECKS, check_rule_order
+from topo2vec_lib.grid import check_crs
+from topo2vec_lib.labels import CLASSES, LABEL_SOURCES, RULE_CHECKS, check_rule_order, rule_params
 from topo2vec_lib.params import load_params, notebook_parameters, resolve_params_path, section
+from topo2vec_lib.regions import regions_from, study_windows
 from topo2vec_lib.terrain import SOURCES
 
 TOP_LEVEL_CHECKS: dict[str, C.Check] = {"seed": C.integer(0)}
@@ -55,6 +56,34 @@ def crs_check(key: str, v: Any) -> str:
         return check_crs(v)
     except ValueError as err:
         raise ValueError(f"{key}: {err}") from None
+
+
+def crs_or_auto(key: str, v: Any) -> str:
+    """Check: ``auto`` or a projected CRS in metres."""
+    return v if v == "auto" else crs_check(key, v)
+
+
+def regions_check(key: str, v: Any) -> dict:
+    """Check: the study's regions (:func:`topo2vec_lib.regions.regions_from`: train and test, each a box or polygon
+    file with a window centre and size)."""
+    regions_from(v, key)
+    return v
+
+
+def tile_check(key: str, v: Any) -> int:
+    """Check: a tile side in pixels, a multiple of 512 (the zarr chunk) from 512 to 16384."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 512 or v > 16384 or v % 512:
+        raise ValueError(f"{key}={v!r}: expected a multiple of 512 from 512 to 16384 (pixels a tile side; zarr "
+                         f"chunks are 512 px)")
+    return v
+
+
+def scheduler_check(key: str, v: Any) -> str:
+    """Check: ``sync``, ``processes`` or a dask.distributed scheduler address (``tcp://host:port``, ...)."""
+    if not isinstance(v, str) or not (v in ("sync", "processes") or "://" in v):
+        raise ValueError(f"{key}={v!r}: expected null (a local cluster of n_workers processes), 'sync' (in the "
+                         f"notebook's process) or a scheduler address such as 'tcp://10.0.0.5:8786'")
+    return v
 
 
 def even_count(key: str, v: Any) -> int:
@@ -141,8 +170,11 @@ ABLATIONS: dict[str, C.Check] = {
 
 SECTION_CHECKS: dict[str, dict[str, C.Check]] = {
     "data": {
-        "source": C.choice(*SOURCES), "crs": crs_check, "res_m": C.number(), "size_km": C.number(),
-        "train_center": C.lonlat, "test_center": C.lonlat, "geotiff_path": C.text(), "raw_dir": C.text(nonempty=True),
+        "source": C.choice(*SOURCES), "crs": crs_or_auto, "res_m": C.number(), "regions": regions_check,
+        "tile_px": tile_check, "geotiff_path": C.text(), "raw_dir": C.text(nonempty=True),
+    },
+    "dask": {
+        "scheduler": C.optional(scheduler_check), "n_workers": C.optional(C.integer(1)), "scratch_dir": C.text(),
     },
     "labels": {
         "source": C.choice(*LABEL_SOURCES),
@@ -152,7 +184,7 @@ SECTION_CHECKS: dict[str, dict[str, C.Check]] = {
         "label_files": C.mapping(values=_path_or_paths),
         **RULE_CHECKS,
         "min_train_exp1": C.integer(0), "min_test_exp1": C.integer(0), "min_train_exp2": C.integer(0),
-        "min_test_exp2": C.integer(0), "cnn_train_per_class": C.integer(0),
+        "min_test_exp2": C.integer(0), "cnn_train_per_class": C.integer(0), "tile_px": C.integer(3),
         "jitter_sigma_m": C.number(0.0, strict=False), "drop_fraction": C.number(0.0, strict=False, below=1.0),
     },
     "heldout": {"test_pairs": C.integer(1)},
@@ -186,8 +218,7 @@ def _data_rule(v: Mapping[str, Any]) -> None:
             raise ValueError("source='geotiff' needs geotiff_path: a local GeoTIFF/VRT covering both windows")
         if not Path(v["geotiff_path"]).is_file():
             raise ValueError(f"geotiff_path={v['geotiff_path']!r} is not an existing file")
-    for region in ("train", "test"):
-        region_window(region, v[f"{region}_center"], v["size_km"], v["res_m"], v["crs"])
+    study_windows(v["regions"], v["crs"], v["res_m"], key="regions")
 
 
 def _labels_rule(v: Mapping[str, Any]) -> None:
@@ -202,6 +233,18 @@ def _labels_rule(v: Mapping[str, Any]) -> None:
 def _probe_rule(v: Mapping[str, Any]) -> None:
     if v["reference"] not in v["models"]:
         raise ValueError(f"reference={v['reference']!r} is not one of models={v['models']}")
+
+
+def labels_tile_rule(labels: Mapping[str, Any], res_m: float) -> None:
+    """``labels.tile_px`` must hold every label rule's reach (:func:`tiled_labels.rule_reach_px`) at ``res_m``."""
+    from topo2vec_lib.tiled_labels import rule_reach_px
+    from topo2vec_lib.tiling import check_reach
+
+    rules = rule_params(**{k: labels[k] for k in RULE_CHECKS})
+    try:
+        check_reach(int(labels["tile_px"]), rule_reach_px(float(res_m), rules, CLASSES))
+    except ValueError as err:
+        raise ValueError(f"labels.{err} (at data.res_m={res_m:g})") from None
 
 
 SECTION_RULES: dict[str, Callable[[Mapping[str, Any]], None]] = {
@@ -312,6 +355,11 @@ def check_params(params_path: str | os.PathLike | None = None) -> dict:
         if lacking:
             raise ValueError(f"{where}section {name!r} lacks key(s) {lacking}: params.yaml states every study value")
         check_section(name, values, where)
+        if name == "labels":
+            try:
+                labels_tile_rule(values, section(params, "data", path)["res_m"])
+            except ValueError as err:
+                raise ValueError(f"{where}section 'labels': {err}") from None
         for key, model in _model_refs(name, values):
             if model not in models:
                 raise ValueError(f"{where}{name}.{key} names model {model!r}, which is not in `models` "

@@ -303,6 +303,18 @@ _CLIENT_MAP_KEYWORDS = {"key", "workers", "retries", "resources", "priority", "a
                         "fifo_timeout", "actor", "actors", "pure", "batch_size"}
 
 
+def check_scheduler(address: str, timeout_s: float = 5.0) -> None:
+    """ValueError naming ``address`` when no dask.distributed scheduler answers there within ``timeout_s``."""
+    from dask.distributed import Client
+
+    try:
+        client = Client(address, timeout=f"{timeout_s}s")
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ValueError(f"dask scheduler {address!r} does not answer within {timeout_s:g} s ({type(err).__name__}: "
+                         f"{err}); start it, fix dask.scheduler, or set it to null (a local cluster)") from None
+    client.close()
+
+
 class TileRunner:
     """Maps a function over tiles here (``scheduler="sync"``) or on ``dask.distributed``.
 
@@ -331,8 +343,9 @@ class TileRunner:
         elif isinstance(scheduler, str):
             try:
                 self.client = Client(scheduler, timeout="10s")
-            except (OSError, TimeoutError) as err:
-                raise ValueError(f"dask scheduler {scheduler!r} does not answer ({err})") from err
+            except (OSError, TimeoutError, ValueError) as err:
+                raise ValueError(f"dask scheduler {scheduler!r} does not answer ({type(err).__name__}: {err}); start "
+                                 f"it, fix dask.scheduler, or set it to null (a local cluster)") from None
             self._own = [self.client]
         elif hasattr(scheduler, "submit") and hasattr(scheduler, "gather"):
             self.client = scheduler
