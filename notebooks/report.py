@@ -29,8 +29,10 @@ from pathlib import Path
 
 from IPython.display import HTML, display
 
+from topo2vec_lib.ablation_verdicts import verdict_html
 from topo2vec_lib.params import load_params, notebook_outputs, project_root, resolve_params_path, section
 from topo2vec_lib.report import Section, build_report
+from topo2vec_lib.storage import read_json
 
 root = str(root or project_root() or ".")
 os.chdir(root)                # relative inputs and outputs are the project's (as under dvc repro)
@@ -38,7 +40,12 @@ notebook_outputs(globals(), "report", ["out_path", "loss_curves_path"])
 models = list(section(load_params(resolve_params_path(params_path or Path(root, "params.yaml"))), "models"))
 
 T2V = [m for m in models if m.startswith("topo2vec")]
+ablations = Path(root, "metrics/ablations.json")   # written by `make ablations` (issue 15), committed with its figures
 sections = [
+    Section("Does the fractal effect help? (the ablation families)",
+            verdict_html(read_json(ablations)) if ablations.exists() else
+            "Not run yet: <code>make ablations</code> writes metrics/ablations.json, its figures and tables.",
+            figures=[f"plots/ablations/{f}.png" for f in ("length", "scale", "k", "window", "label_noise", "heldout_l1")]),
     Section("Data: the synthetic world",
             "Deterministic synthetic terrain in the paper's train (lon 10-15) and test (lon 5-10) polygons, EPSG:3035, 30 m/px. "
             "Relief statistics are compared with real alpine DEMs in the terrain notebook.",

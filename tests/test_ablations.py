@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import REPO, tiny_params, write_params
 
+from topo2vec_lib import ablation_verdicts as V
 from topo2vec_lib import ablations as A
 from topo2vec_lib.models import load_embedder, model_config, train_model
 
@@ -206,3 +207,66 @@ def test_terrain_hash_is_remembered_in_the_cache_and_follows_the_values(tmp_path
     assert ha == A.terrain_hash(a, tmp_path / "hashes") and ha != A.terrain_hash(b, tmp_path / "hashes")
     assert len(list((tmp_path / "hashes").glob("a.zarr.*.sha1"))) == 1
     assert not list(tmp_path.glob("*.sha1"))                                   # nothing beside the stores
+
+
+def _fake_metrics(rows: pd.DataFrame, reference: str = "topo2vec-4") -> dict:
+    """metrics/ablations.json as the notebook writes it, from probe rows."""
+    summary, tests = A.summarise(rows), A.paired(rows, reference)
+    return json.loads(json.dumps(A.results_dict(rows, summary, tests, pd.DataFrame(),
+                                                {"settings": {"reference": reference}})))
+
+
+def _rows(family: str, points: list[tuple[str, float]], acc, seeds: int = 6, classes=("peak", "river")):
+    """Probe rows whose accuracy is ``acc(point_index, model, class)`` plus a seed's effect (sd 0.02, the same for
+    every model and point: the pairing removes it) plus a point's own noise (sd 0.0005)."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.02, size=(1, 1, len(classes), seeds)) + rng.normal(0, 0.0005, size=(len(points), 9,
+                                                                                                  len(classes), seeds))
+    out = []
+    for i, (point, x) in enumerate(points):
+        for j, model in enumerate(["topo2vec-4", "id", "topo2vec-4 multiscale"]):
+            for c, cls in enumerate(classes):
+                for s in range(seeds):
+                    a = acc(i, model, cls)
+                    if a is not None:
+                        out.append({"family": family, "point": point, "x": x, "model": model, "class": cls,
+                                    "seed": s, "accuracy": a + noise[i, j, c, s], "res_m": 30.0})
+    return pd.DataFrame(out)
+
+
+def test_verdicts_follow_the_known_effects():
+    """Known answers: in `length` topo2vec-4 gains 5 pp per point and id is flat; in `label_noise` id falls
+    below topo2vec-4 at the noisiest point (the ranking changes); in `scale` the coarse probe costs topo2vec-4
+    10 pp and multi-scale training adds 3 pp at 30 m/px; in `k` k=2 is best."""
+    length = _rows("length", [("100000", 1e5), ("300000", 3e5), ("1000000", 1e6)],
+                   lambda i, m, c: {"topo2vec-4": 0.8 + 0.05 * i, "id": 0.9}.get(m))
+    noise = _rows("label_noise", [("0 m, drop 0", 0.0), ("100 m, drop 0", 1.0)],
+                  lambda i, m, c: {"topo2vec-4": 0.85, "id": 0.9 - 0.1 * i}.get(m))
+    scale = _rows("scale", [("30", 30.0), ("120", 120.0)],
+                  lambda i, m, c: {"topo2vec-4": 0.85 - 0.1 * i, "id": 0.9, "topo2vec-4 multiscale": 0.88}[m])
+    k = _rows("k", [("k=1", 1.0), ("k=2", 2.0), ("k=4", 4.0)],
+              lambda i, m, c: {0: 0.8, 1: 0.9, 2: 0.85}[i] if m == "topo2vec-4" else None)
+    metrics = _fake_metrics(pd.concat([length, noise, scale, k]))
+    v = {d["family"]: d for d in V.verdicts(metrics)}
+    assert set(v) == {"length", "label_noise", "scale", "k"}
+    assert "topo2vec-4 up" in v["length"]["answer"] and "id no significant change" in v["length"]["answer"]
+    assert "helps topo2vec-4" in v["length"]["answer"]
+    e = V.effect(metrics["families"]["length"], "point", model="topo2vec-4", other="1000000", flip=True)
+    assert e is not None and e.mean_pp == pytest.approx(10.0, abs=0.5) and e.up == 2 and e.down == 0
+    assert "(changed)" in v["label_noise"]["answer"]
+    assert "id > topo2vec-4" in v["label_noise"]["answer"] and "topo2vec-4 > id" in v["label_noise"]["answer"]
+    assert "at 120 m/px rather than 30 m/px: down (-10.0 pp)" in v["scale"]["answer"]
+    assert "topo2vec-4 multiscale against topo2vec-4 at 30 m/px: up (+3.0 pp)" in v["scale"]["answer"]
+    assert "the best is k=2 (up against k=1)" in v["k"]["answer"]
+    assert all(d["evidence"] for d in v.values())
+
+
+def test_verdict_html_has_every_family_and_the_cells():
+    rows = _rows("window", [("44 km", 44.0), ("176 km", 176.0)],
+                 lambda i, m, c: {"topo2vec-4": 0.8 + 0.05 * i, "id": 0.9}.get(m))
+    metrics = _fake_metrics(rows)
+    metrics["settings"].update(size="full", seeds=6, train_seeds=1, images_scale=1.0, res_m=30.0)
+    page = V.verdict_html(metrics)
+    assert "A larger window helps topo2vec-4" in page and "<details>" in page
+    assert "(93.1)" in page and "(92.4)" in page and " ± " in page   # the paper's Table 1 peak values beside ours
+    assert "topo2vec-4 @ 176 km − @ 44 km = +5.0 pp" in page
