@@ -363,8 +363,10 @@ def existing_windows(ctx: Context, sizes_km: Sequence[float]) -> dict[float, Pat
 def window_terrains(data: Mapping, seed: int, sizes_km: Sequence[float], out_dir: str | os.PathLike,
                     progress: Callable[[str], None] = print) -> dict[str, Path]:
     """Train-region terrains for the window family: the largest window loaded once (``data`` is params.yaml
-    ``data``: source, crs, res_m, train_center, ...) and centre crops of the smaller sizes, as zarr stores
-    ``<out_dir>/train_<km>km.zarr`` (made once, reused). Returns ``{"window=<km>": path}``."""
+    ``data``: source, crs, res_m, regions, ...; centred on the train region's window centre) and centre crops of
+    the smaller sizes, as zarr stores ``<out_dir>/train_<km>km.zarr`` (made once, reused). Returns
+    ``{"window=<km>": path}``."""
+    from topo2vec_lib.regions import study_windows
     from topo2vec_lib.terrain import load_terrain, open_terrain, save_terrain
 
     sizes = sorted(float(v) for v in sizes_km)
@@ -373,9 +375,12 @@ def window_terrains(data: Mapping, seed: int, sizes_km: Sequence[float], out_dir
     paths = window_paths(data, seed, sizes, out_dir)
     if not all(p.exists() for p in paths.values()):
         t0 = time.perf_counter()
-        big = load_terrain(data["source"], "train", center_lonlat=data["train_center"], size_km=sizes[-1],
-                           res_m=data["res_m"], crs=data["crs"], seed=seed, geotiff_path=data.get("geotiff_path"),
-                           cache_dir=data.get("raw_dir", "data/raw"))
+        crs, regions, _ = study_windows(data["regions"], data["crs"], float(data["res_m"]))
+        train = regions["train"]                          # the study's train region: its box, polygon and centre
+        big = load_terrain(data["source"], "train", center_lonlat=train.center, size_km=sizes[-1],
+                           res_m=data["res_m"], crs=crs, seed=seed, geotiff_path=data.get("geotiff_path") or None,
+                           cache_dir=data.get("raw_dir", "data/raw"), region_lonlat=train.region_lonlat,
+                           polygon=None if train.polygon is None else np.asarray(train.polygon))
         progress(f"window terrain {sizes[-1]:g} km: {big.shape[0]} x {big.shape[1]} px in "
                  f"{time.perf_counter() - t0:.0f} s")
         for km, path in paths.items():
