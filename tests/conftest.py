@@ -1,6 +1,8 @@
 """Shared test fixtures: tiny georeferenced terrains and a papermill notebook runner."""
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,17 @@ import xarray as xr
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = REPO / "tests" / "data" / "params_tiny.yaml"
+
+
+def copy_repo(dest: Path) -> None:
+    """The project as git sees it (tracked files and untracked ones it does not ignore) copied to ``dest``."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
 
 
 def deep_merge(base: dict, over: dict) -> dict:

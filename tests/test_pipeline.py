@@ -1,7 +1,6 @@
 """End to end: `dvc repro` of the whole study with tiny parameters, in a temporary copy of the repo."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from browser import CHROMIUM, load_page
-from conftest import TINY_OVERRIDES, write_params
+from conftest import TINY_OVERRIDES, copy_repo, write_params
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ["topo2vec-1", "topo2vec-4", "topo2vec-adv", "id", "cnn", "saumoco", "geomorphometry"]
@@ -28,21 +27,11 @@ def test_tiny_params_only_shrink_the_study():
                 assert set(value) <= set(real[name][key]), f"models.{key}: {set(value) - set(real[name][key])}"
 
 
-def _copy_repo(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-
-
 @pytest.mark.slow
 def test_dvc_repro_runs_the_whole_study(tmp_path):
     repo = tmp_path / "study"
     repo.mkdir()
-    _copy_repo(repo)
+    copy_repo(repo)
     write_params(repo / "params.yaml")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)

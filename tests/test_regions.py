@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, regions, tiny_params
+from conftest import REPO, copy_repo, regions, tiny_params
 
 from topo2vec_lib import regions as R
 from topo2vec_lib.grid import points_in_polygon, window_bounds
@@ -112,23 +111,13 @@ def test_terrain_and_labels_notebooks_on_a_utm_geotiff(utm_geotiff, tmp_path, no
     assert counts["train"]["peak"] >= 1 and counts["test"]["river"] >= 1
 
 
-def _copy_repo(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-
-
 @pytest.mark.slow
 def test_dvc_exp_run_on_a_users_geotiff(utm_geotiff, tmp_path):
     """`dvc exp run -S data.source=geotiff -S data.geotiff_path=... -S data.regions...` up to the labels stage,
     in a temporary copy of the repository (the tiny study's parameters)."""
     repo = tmp_path / "study"
     repo.mkdir()
-    _copy_repo(repo)
+    copy_repo(repo)
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(labels={"peak_prominence_m": 10.0,
                                                                         "min_train_exp1": 0, "min_test_exp1": 0,
                                                                         "min_train_exp2": 0, "min_test_exp2": 0}),
