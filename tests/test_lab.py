@@ -42,14 +42,14 @@ def lab_command(root: Path, port: int, token: str) -> list[str]:
 @pytest.fixture
 def project(tmp_path):
     """A small copy of the project: dvc.yaml, a tiny params.yaml, the notebooks, the JupyterLab settings."""
-    from conftest import tiny_params
+    from conftest import regions, tiny_params
 
     root = tmp_path / "project"
     (root / "notebooks").mkdir(parents=True)
     for nb in ("terrain.py",):
         shutil.copy(REPO / "notebooks" / nb, root / "notebooks" / nb)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    params = tiny_params(data={"size_km": 4})
+    params = tiny_params(data={"regions": regions(4)})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(REPO / ".jupyter" / "lab" / "settings", root / ".jupyter" / "lab" / "settings")
     return root
