@@ -45,7 +45,8 @@ sections = [
     Section("Does the fractal effect help? (the ablation families)",
             verdict_html(read_json(ablations)) if ablations.exists() else
             "Not run yet: <code>make ablations</code> writes metrics/ablations.json, its figures and tables.",
-            figures=[f"plots/ablations/{f}.png" for f in ("length", "scale", "k", "window", "label_noise", "heldout_l1")]),
+            figures=[f"plots/ablations/{f}.png" for f in ("length", "scale", "k", "window", "label_noise", "heldout_l1")
+                     if ablations.exists()]),
     Section("Data: the synthetic world",
             "Deterministic synthetic terrain in the paper's train (lon 10-15) and test (lon 5-10) polygons, EPSG:3035, 30 m/px. "
             "Relief statistics are compared with real alpine DEMs in the terrain notebook.",
