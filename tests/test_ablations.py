@@ -216,7 +216,7 @@ def _fake_metrics(rows: pd.DataFrame, reference: str = "topo2vec-4") -> dict:
                                                 {"settings": {"reference": reference}})))
 
 
-def _rows(family: str, points: list[tuple[str, float]], acc, seeds: int = 6, classes=("peak", "river")):
+def _known_rows(family: str, points: list[tuple[str, float]], acc, seeds: int = 6, classes=("peak", "river")):
     """Probe rows whose accuracy is ``acc(point_index, model, class)`` plus a seed's effect (sd 0.02, the same for
     every model and point: the pairing removes it) plus a point's own noise (sd 0.0005)."""
     rng = np.random.default_rng(0)
@@ -238,13 +238,13 @@ def test_verdicts_follow_the_known_effects():
     """Known answers: in `length` topo2vec-4 gains 5 pp per point and id is flat; in `label_noise` id falls
     below topo2vec-4 at the noisiest point (the ranking changes); in `scale` the coarse probe costs topo2vec-4
     10 pp and multi-scale training adds 3 pp at 30 m/px; in `k` k=2 is best."""
-    length = _rows("length", [("100000", 1e5), ("300000", 3e5), ("1000000", 1e6)],
+    length = _known_rows("length", [("100000", 1e5), ("300000", 3e5), ("1000000", 1e6)],
                    lambda i, m, c: {"topo2vec-4": 0.8 + 0.05 * i, "id": 0.9}.get(m))
-    noise = _rows("label_noise", [("0 m, drop 0", 0.0), ("100 m, drop 0", 1.0)],
+    noise = _known_rows("label_noise", [("0 m, drop 0", 0.0), ("100 m, drop 0", 1.0)],
                   lambda i, m, c: {"topo2vec-4": 0.85, "id": 0.9 - 0.1 * i}.get(m))
-    scale = _rows("scale", [("30", 30.0), ("120", 120.0)],
+    scale = _known_rows("scale", [("30", 30.0), ("120", 120.0)],
                   lambda i, m, c: {"topo2vec-4": 0.85 - 0.1 * i, "id": 0.9, "topo2vec-4 multiscale": 0.88}[m])
-    k = _rows("k", [("k=1", 1.0), ("k=2", 2.0), ("k=4", 4.0)],
+    k = _known_rows("k", [("k=1", 1.0), ("k=2", 2.0), ("k=4", 4.0)],
               lambda i, m, c: {0: 0.8, 1: 0.9, 2: 0.85}[i] if m == "topo2vec-4" else None)
     metrics = _fake_metrics(pd.concat([length, noise, scale, k]))
     v = {d["family"]: d for d in V.verdicts(metrics)}
@@ -262,7 +262,7 @@ def test_verdicts_follow_the_known_effects():
 
 
 def test_verdict_html_has_every_family_and_the_cells():
-    rows = _rows("window", [("44 km", 44.0), ("176 km", 176.0)],
+    rows = _known_rows("window", [("44 km", 44.0), ("176 km", 176.0)],
                  lambda i, m, c: {"topo2vec-4": 0.8 + 0.05 * i, "id": 0.9}.get(m))
     metrics = _fake_metrics(rows)
     metrics["settings"].update(size="full", seeds=6, train_seeds=1, images_scale=1.0, res_m=30.0)
