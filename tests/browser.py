@@ -35,7 +35,8 @@ class PageResult:
 def load_page(html_path: Path, screenshot: Path | None = None, size=(1200, 900), budget_ms: int = 5000) -> PageResult:
     """Open ``html_path`` in headless Chromium; give scripts ``budget_ms`` of virtual time to run."""
     html_path = Path(html_path).resolve()
-    with tempfile.TemporaryDirectory() as profile:
+    # chromium's helper processes can still write to the profile while it is removed: ignore that race
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         base = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
                 f"--virtual-time-budget={budget_ms}", "--enable-logging=stderr", "--v=0"]
         dom = subprocess.run(base + ["--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120)
@@ -142,7 +143,8 @@ def chromium_page(size=(1400, 1000), offline: bool = True) -> Iterator[Cdp]:
     if offline:                          # every host resolves nowhere and goes through a dead proxy, but loopback
         flags += ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=127.0.0.1:9",
                   "--proxy-bypass-list=127.0.0.1"]
-    with tempfile.TemporaryDirectory() as profile:
+    # chromium's helper processes can still write to the profile while it is removed: ignore that race
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([CHROMIUM, *flags, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
                                  "--remote-debugging-port=0", "--remote-allow-origins=*", "about:blank"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

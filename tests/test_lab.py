@@ -69,7 +69,11 @@ def _serve(project: Path, tmp_path: Path, settings: bool):
     log = open(tmp_path / "lab.log", "w")
     cmd = lab_command(project, port, token)
     if not settings:
-        cmd = [c for c in cmd if not c.startswith("--LabApp.app_settings_dir")]
+        # an empty settings dir, not the default one: `make setup` copies the overrides into the venv's
+        # share/jupyter/lab/settings, which a lab without the option would read (CI's fresh venv does)
+        (tmp_path / "no-settings").mkdir()
+        cmd = [c if not c.startswith("--LabApp.app_settings_dir") else
+               f"--LabApp.app_settings_dir={tmp_path / 'no-settings'}" for c in cmd]
     proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -138,11 +142,24 @@ def test_double_click_opens_a_notebook_that_runs_to_the_end_in_scratch(lab, proj
         assert n_code == SOURCE_CODE_CELLS(project / "notebooks" / "terrain.py"), n_code
         page.wait("!!document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) "
                   ".jp-Notebook-ExecutionIndicator[data-status=\"idle\"]')", 120, "the kernel to start (idle)")
-        # Run > Run All Cells, through the menu bar
-        page.click("[...document.querySelectorAll('.lm-MenuBar-item')].find(e => e.innerText.trim() === 'Run')")
-        run_all = "[...document.querySelectorAll('.lm-Menu-item')].find(e => e.innerText.includes('Run All Cells'))"
-        page.wait(f"!!{run_all}", 30, "the Run menu (Run All Cells)")
+        # Run > Run All Cells, through the menu bar, once the notebook is the current widget (on a slow machine
+        # the menu can open before it is, and its Run All Cells is then disabled: a click does nothing)
+        page.click("document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell')")
+        run_menu = "[...document.querySelectorAll('.lm-MenuBar-item')].find(e => e.innerText.trim() === 'Run')"
+        run_all = ("[...document.querySelectorAll('.lm-Menu-item')].find(e => e.innerText.includes('Run All Cells') "
+                   "&& !e.classList.contains('lm-mod-disabled'))")
+        end = time.monotonic() + 60
+        while True:
+            page.click(run_menu)
+            time.sleep(0.5)
+            if page.eval(f"!!{run_all}"):
+                break
+            page.key("Escape", "Escape", 27)
+            if time.monotonic() > end:
+                raise TimeoutError("the Run menu's Run All Cells stayed disabled for 60 s")
+            time.sleep(1)
         page.click(run_all)
+        page.wait(f"{CODE_PROMPTS}.some(p => /\\[[*\\d]+\\]/.test(p.innerText))", 60, "the first cell to start")
         done = (f"{CODE_PROMPTS}.every(p => /\\[\\d+\\]/.test(p.innerText)) && !!document.querySelector("
                 "'.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status=\"idle\"]')")
         failed = f"/Traceback|Error:/.test({OUTPUT_TEXT})"

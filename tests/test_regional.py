@@ -151,13 +151,17 @@ def test_embed_xy_respects_multiscale_embedders(rough):
 
 @pytest.mark.parametrize("processes", [False, True])
 def test_embed_region_on_distributed_cluster(rough, tmp_path, processes):
+    """The same store on a LocalCluster (worker processes, as the study and `topo2vec embed` use, or threads in
+    this process) as on the threaded scheduler. The in-process cluster gets no memory limit: its workers measure
+    the whole process's memory, and a pytest process past the limit paused them for ever (CI, stop 17)."""
     distributed = pytest.importorskip("distributed")
     if processes:
         import cloudpickle
 
         cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import tests/
     ref = embed_region(StatsEmbedder(), rough, 30, 120, chunk=8).compute()
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=processes, memory_limit="1GiB",
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=processes,
+                                  memory_limit="1GiB" if processes else 0,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         ds = embed_region(StatsEmbedder(), rough, 30, 120, chunk=8, path=tmp_path / "d.zarr")
         assert len(client.scheduler_info()["workers"]) == 2
