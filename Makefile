@@ -2,6 +2,9 @@
 #   make repro   -> virtual environment, install, `dvc repro` of the whole study on the synthetic default
 #   make test    -> virtual environment, install, the test suite (CI runs exactly this via .ci/run)
 PYTHON ?= python3.11
+# the synthetic world's routing blocks on disk (topo2vec_lib/synthetic.py): re-runs and overlapping windows read them
+# back (keyed by seed, resolution, world parameters and code; git-ignored; delete any time)
+export TOPO2VEC_CACHE_DIR ?= $(CURDIR)/.cache
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed

@@ -13,6 +13,18 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = REPO / "tests" / "data" / "params_tiny.yaml"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def synthetic_block_cache(tmp_path_factory):
+    """One disk cache of the synthetic world's routing blocks for the whole session (``TOPO2VEC_CACHE_DIR``,
+    inherited by notebook kernels and Dask workers): each block is computed once, by the first test that needs
+    it, instead of once per notebook run (tests/test_synthetic.py tests the cache itself)."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("synthetic-cache")
+    mp.setenv("TOPO2VEC_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
+
+
 def copy_repo(dest: Path) -> None:
     """The project as git sees it (tracked files and untracked ones it does not ignore) copied to ``dest``."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,

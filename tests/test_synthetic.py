@@ -218,3 +218,37 @@ def test_bad_inputs():
         world(1.5)
     da = synthetic_terrain("alps", TRAIN_C, 2.0, region_lonlat=(11, 46, 13, 48))
     assert da.attrs["region"] == "alps" and da.attrs["region_lonlat"] == [11.0, 46.0, 13.0, 48.0]
+
+
+def test_routing_blocks_are_cached_on_disk_by_value_and_code(tmp_path, monkeypatch):
+    """With TOPO2VEC_CACHE_DIR a block is written once and read back bit for bit by a fresh process cache; the
+    key holds the seed, res_m and every world parameter; a damaged file is computed again and replaced;
+    without the variable nothing is written."""
+    from topo2vec_lib import synthetic as S
+
+    monkeypatch.setenv("TOPO2VEC_CACHE_DIR", str(tmp_path))
+    S._block_carve.cache_clear()
+    path = S.block_cache_path(0, 30.0, SMALL, 3, -2)
+    assert path is not None and path.is_relative_to(tmp_path) and not path.exists()
+    computed = S._block_carve(0, 30.0, SMALL, 3, -2)
+    assert path.is_file()
+    S._block_carve.cache_clear()
+    again = S._block_carve(0, 30.0, SMALL, 3, -2)
+    assert again.tobytes() == computed.tobytes() and again.shape == computed.shape
+    assert S.world(0, 30.0, SMALL)._block_carve(3, -2).tobytes() == computed.tobytes()   # what the file holds
+    # every part of the key moves the file
+    others = {S.block_cache_path(1, 30.0, SMALL, 3, -2), S.block_cache_path(0, 60.0, SMALL, 3, -2),
+              S.block_cache_path(0, 30.0, dataclasses.replace(SMALL, carve_rounds=3), 3, -2),
+              S.block_cache_path(0, 30.0, SMALL, 3, -1)}
+    assert len(others) == 4 and path not in others
+    # a damaged file (a killed copy, another program's bytes) is recomputed and rewritten
+    path.write_bytes(b"not a numpy file")
+    S._block_carve.cache_clear()
+    assert S._block_carve(0, 30.0, SMALL, 3, -2).tobytes() == computed.tobytes()
+    assert np.load(path).tobytes() == computed.tobytes()
+    np.save(path, np.zeros((3, 3)))                 # the right format, the wrong shape
+    S._block_carve.cache_clear()
+    assert S._block_carve(0, 30.0, SMALL, 3, -2).tobytes() == computed.tobytes()
+    monkeypatch.delenv("TOPO2VEC_CACHE_DIR")
+    assert S.block_cache_path(0, 30.0, SMALL, 3, -2) is None
+    S._block_carve.cache_clear()

@@ -40,7 +40,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -49,6 +52,7 @@ from scipy import ndimage
 from . import noise as N
 from .grid import make_dataarray, region_lonlat_of, region_window, slope_deg, values_res
 from .hydrology import d8_receivers, fill_depressions, fill_levels, flow_accumulation
+from .storage import atomic_path
 
 HURST = 0.85
 """Hurst exponent of the fractal relief."""
@@ -695,11 +699,53 @@ class SyntheticWorld:
         return z[g:g + rows[1] - rows[0], g:g + cols[1] - cols[0]]
 
 
+CACHE_ENV = "TOPO2VEC_CACHE_DIR"
+"""Environment variable naming a folder for the routing blocks on disk (unset: memory only). Each block is
+the costliest piece of the world (a 64 km routing domain, about 2-4 s) and the same for every window that
+meets it, so re-runs (`make repro` sets ``.cache/``, the test session its own folder) read it back."""
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """Hash of the modules a block's values come from: editing any of them retires every cached block."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in ("synthetic.py", "noise.py", "hydrology.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def block_cache_path(seed: int, res_m: float, params: WorldParams, bi: int, bj: int) -> Path | None:
+    """The ``.npy`` file of block ``(bi, bj)`` under ``$TOPO2VEC_CACHE_DIR`` (None when unset): keyed by the
+    seed, ``res_m``, every :class:`WorldParams` value and the code (:func:`_code_digest`)."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        return None
+    key = hashlib.sha256(repr((seed, float(res_m), dataclasses.astuple(params), _code_digest())).encode())
+    return Path(root) / "synthetic-blocks" / key.hexdigest()[:20] / f"{bi}_{bj}.npy"
+
+
 @functools.lru_cache(maxsize=48)
 def _block_carve(seed: int, res_m: float, params: WorldParams, bi: int, bj: int) -> np.ndarray:
-    """Cached per process: neighbouring tiles share blocks."""
-    world = _world(seed, res_m, params)
-    out = world._block_carve(bi, bj)
+    """Cached per process (neighbouring tiles share blocks) and, with ``$TOPO2VEC_CACHE_DIR``, on disk. A
+    cached file that cannot be read as the block's array is computed again and replaced."""
+    path = block_cache_path(seed, res_m, params, bi, bj)
+    out = None
+    if path is not None and path.is_file():
+        try:
+            out = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            out = None
+        world = _world(seed, res_m, params)
+        if out is not None and (out.dtype != np.float64 or out.ndim != 2
+                                or out.shape != tuple(r[1] - r[0] for r in world.block_domain(bi, bj))):
+            out = None
+    if out is None:
+        out = _world(seed, res_m, params)._block_carve(bi, bj)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, out, allow_pickle=False)
     out.setflags(write=False)
     return out
 
