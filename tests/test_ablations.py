@@ -101,6 +101,20 @@ def test_cache_key_is_what_the_training_computes():
     assert multi.steps_for(64_000) == 1000                                  # 500 place batches x 2 scales
 
 
+def test_ablation_trainings_write_resume_files_without_changing_their_cache_key(tmp_path):
+    """A killed 1M-image training must resume from minutes ago: every training spec checkpoints, and the
+    checkpoint interval stays out of the cache key, so models trained before it was set are still found."""
+    plan = A.make_plan(study_params(families=["length"]), api=API, flops=fake_flops)
+    ctx = A.Context(study_params(), tmp_path, tmp_path, tmp_path, API,
+                    terrains={"default": tmp_path / "train.zarr", "test": tmp_path / "test.zarr"},
+                    hashes={"default": "h", "test": "t"})
+    specs = A.training_specs(plan, ctx)
+    assert len(specs) == len(plan.trainings) == 3
+    for spec, t in zip(specs, plan.trainings, strict=True):
+        assert t.config["checkpoint_steps"] == 0 and spec["config"]["checkpoint_steps"] == A.RESUME_EVERY_STEPS
+        assert spec["out"] == str(tmp_path / f"{t.key('h')}.pt")
+
+
 def test_ci95_and_paper_values_known_answers():
     mean, sd, half, n = A.ci95([0.8, 0.9, 1.0])
     assert (mean, n) == (pytest.approx(0.9), 3) and sd == pytest.approx(0.1)

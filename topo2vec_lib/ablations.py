@@ -54,6 +54,11 @@ TERRAIN_S_PER_MPX = 15.0
 KEY_IGNORED = ("name", "device", "workers", "threads")
 """Configuration keys that do not change what a training computes (left out of the cache key)."""
 
+RESUME_EVERY_STEPS = 1000
+"""An ablation training writes its resume file at least this often (steps of 64 images: about 5 min of the
+slowest, adversarial, training on one core), so an interrupted ``make ablations`` loses minutes, not an hour.
+Checkpointing changes no value (a resumed run sees the same data), so it stays out of the cache key."""
+
 @dataclasses.dataclass(frozen=True)
 class Api:
     """The model registry's functions, passed in by the caller (``Api(train_model, load_embedder, model_config)``
@@ -567,7 +572,9 @@ def training_specs(plan: Plan, ctx: Context, threads: int = 1) -> list[dict]:
                    if not p.with_suffix(".json").exists()]
         if not missing:
             continue
-        specs.append({"label": t.label, "config": {**t.config, "threads": threads, "workers": 0}, "seed": t.seed,
+        config = {**t.config, "threads": threads, "workers": 0,
+                  "checkpoint_steps": int(t.config.get("checkpoint_steps") or RESUME_EVERY_STEPS)}
+        specs.append({"label": t.label, "config": config, "seed": t.seed,
                       "train_terrain": str(ctx.terrain(t.terrain)), "test_terrain": str(ctx.terrain("test")),
                       "out": str(out), "snapshots": snaps, "terrain": t.terrain, "threads": threads,
                       "heldout_pairs": int(ctx.params["heldout"]["test_pairs"]), "api": ctx.api,
