@@ -12,7 +12,12 @@ Copernicus GLO-30: about 23 x 31 m, so the command reprojects it to UTM) and a t
 - ``regional`` (today's path, for the ratio): the DEM read and reprojected whole with
   ``terrain.geotiff_terrain``, then ``regional.embed_region`` to zarr, on a ``--regional-km`` square sub-window
   (the whole field would take minutes; the rate is what compares);
-- ``encoder``: the encoder alone on random normalised patches, eager and optimised (the ceiling of the command).
+- ``cli_tif_bf16``: the same command with ``--precision bf16`` (bfloat16 encoder), and ``bf16_fidelity``: how far
+  its vectors are from the float32 field's (relative L2 error and cosine per cell, over every valid cell);
+- ``encoder``: the encoder alone on random normalised patches, eager, optimised float32 and optimised bf16 (the
+  ceiling of the command);
+- ``goal``: the issue's target, the whole command on a 100 x 100 km field in under 60 s, met or not for each
+  precision.
 
 The model is a topo2vec-4 trained for 2,048 images on the DEM (an untrained encoder's near-constant outputs would
 compress to nothing and flatter the write). CPU seconds of the command (user + system) are recorded beside its
@@ -137,7 +142,8 @@ print(json.dumps({{"wall_s": wall, "places": int(ds.sizes["y"] * ds.sizes["x"])}
 
 def run_encoder(model: Path, n: int) -> dict:
     """The encoder alone on random normalised patches, 2 torch threads: eager (``embed_patches``, as
-    benchmarks/regional.py measured it) and the optimised copy the command uses (``fields.fast_encoder``)."""
+    benchmarks/regional.py measured it) and the optimised copies the command uses (``fields.fast_encoder``,
+    float32 and bf16)."""
     code = f"""
 import json, time, numpy as np, torch
 from topo2vec_lib.fields import fast_encoder
@@ -145,7 +151,8 @@ from topo2vec_lib.models import load_embedder
 m = load_embedder({str(model)!r})
 x = np.random.default_rng(0).random((8192, 1, 17, 17), dtype=np.float32)
 out = {{"threads": torch.get_num_threads()}}
-for name, f in (("eager", m.embed_patches), ("optimised", fast_encoder(m))):
+for name, f in (("eager", m.embed_patches), ("optimised", fast_encoder(m)),
+                ("optimised_bf16", fast_encoder(m, precision="bf16"))):
     f(x[:1024])
     t0 = time.perf_counter(); done = 0
     while done < {n}:
@@ -158,6 +165,30 @@ print(json.dumps(out))
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+GOAL_S = 60.0     # issue 13: a 100 x 100 km field at 60 m stride in under a minute on 2 cores, the whole command
+
+
+def fidelity(a: Path, b: Path, block: int = 512) -> dict:
+    """Per-cell distance of field ``b`` from field ``a`` (both GeoTIFF fields of the same grid), over every cell
+    valid in both: relative L2 error |b - a| / |a| (median, p99, max) and cosine (min, median)."""
+    import numpy as np
+
+    from topo2vec_lib.fields import open_field
+
+    fa, fb = open_field(a)["embedding"], open_field(b)["embedding"]
+    rel, cos = [], []
+    for r0 in range(0, fa.sizes["y"], block):
+        va = fa.isel(y=slice(r0, r0 + block)).values.reshape(-1, fa.sizes["feature"])
+        vb = fb.isel(y=slice(r0, r0 + block)).values.reshape(-1, fa.sizes["feature"])
+        ok = np.isfinite(va).all(1) & np.isfinite(vb).all(1)
+        na, nb = np.linalg.norm(va[ok], axis=1), np.linalg.norm(vb[ok], axis=1)
+        rel.append(np.linalg.norm(vb[ok] - va[ok], axis=1) / np.maximum(na, 1e-12))
+        cos.append((va[ok] * vb[ok]).sum(1) / np.maximum(na * nb, 1e-12))
+    r, c = np.concatenate(rel), np.concatenate(cos)
+    return {"cells": int(r.size), "rel_err_median": float(np.median(r)), "rel_err_p99": float(np.quantile(r, 0.99)),
+            "rel_err_max": float(r.max()), "cosine_min": float(c.min()), "cosine_median": float(np.median(c))}
 
 
 def main(argv=None) -> dict:
@@ -181,7 +212,7 @@ def main(argv=None) -> dict:
         result["encoder"] = run_encoder(model, 20_000 if args.quick else 400_000)
         e = result["encoder"]
         print(f"encoder alone: eager {e['eager']['patches_per_s']:,.0f}, optimised "
-              f"{e['optimised']['patches_per_s']:,.0f} patches/s")
+              f"{e['optimised']['patches_per_s']:,.0f}, bf16 {e['optimised_bf16']['patches_per_s']:,.0f} patches/s")
         result["regional"] = run_regional(dem, model, reg_km, tmp_p / "regional.zarr")
         print(f"today's path (geotiff_terrain + embed_region, {reg_km:g} km): "
               f"{result['regional']['places_per_s']:,.0f} places/s")
@@ -189,10 +220,18 @@ def main(argv=None) -> dict:
         c = result["cli_tif"]
         print(f"topo2vec embed -> COG: {c['places']:,} places in {c['wall_s']:.1f} s = {c['places_per_s']:,.0f} "
               f"places/s ({c['output_mib']:.0f} MiB; phases {c['phases_s']}; {c['cpu_s']:.0f} CPU s)")
+        result["cli_tif_bf16"] = run_cli(dem, model, tmp_p / "field_bf16.tif", ["--precision", "bf16"])
+        c = result["cli_tif_bf16"]
+        print(f"topo2vec embed --precision bf16 -> COG: {c['wall_s']:.1f} s = {c['places_per_s']:,.0f} places/s "
+              f"(phases {c['phases_s']}; {c['cpu_s']:.0f} CPU s)")
+        result["bf16_fidelity"] = fidelity(tmp_p / "field.tif", tmp_p / "field_bf16.tif")
+        print(f"bf16 vs float32 field: {result['bf16_fidelity']}")
         if args.zarr:
             result["cli_zarr"] = run_cli(dem, model, tmp_p / "field.zarr", [])
             c = result["cli_zarr"]
             print(f"topo2vec embed -> zarr: {c['places_per_s']:,.0f} places/s in {c['wall_s']:.1f} s")
+    result["goal"] = {"seconds": GOAL_S, "km": km, **{f"met_{p}": bool(km >= 100 and result[k]["wall_s"] < GOAL_S)
+                                                       for p, k in (("float32", "cli_tif"), ("bf16", "cli_tif_bf16"))}}
     result["ratio_cli_to_regional"] = result["cli_tif"]["places_per_s"] / result["regional"]["places_per_s"]
     result["ratio_cli_to_encoder"] = result["cli_tif"]["places_per_s"] / result["encoder"]["eager"]["patches_per_s"]
     result["load_after"] = load()

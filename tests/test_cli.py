@@ -287,7 +287,7 @@ def _no_crs_dem(path: Path) -> Path:
 @pytest.mark.parametrize("case", ["dem_without_crs", "model_not_a_checkpoint", "place_outside_field",
                                   "stride_finer_than_dem", "res_finer_than_dem", "missing_dem", "missing_model",
                                   "bad_place_text", "out_exists", "bad_out_suffix", "unknown_option", "no_command",
-                                  "info_not_a_checkpoint", "int8_zarr", "field_not_a_field"])
+                                  "info_not_a_checkpoint", "int8_zarr", "field_not_a_field", "bad_precision"])
 def test_bad_inputs_are_one_clear_line_and_exit_2(case, work, tmp_path, capsys):
     folder, dem, model = work
     field_tif = folder / "bad_inputs_field.tif"
@@ -321,6 +321,8 @@ def test_bad_inputs_are_one_clear_line_and_exit_2(case, work, tmp_path, capsys):
                       "int8 is for GeoTIFF output"),
         "field_not_a_field": (["search", dem, "--place", "-118.15,34.32", "--out", tmp_path / "m.geojson"],
                               "is not a topo2vec embedding field"),
+        "bad_precision": (["embed", dem, "--model", model, "--precision", "fp16", "--out", out],
+                          "argument --precision: invalid choice: 'fp16'"),
     }[case]
     if case == "out_exists":
         junk.with_suffix(".tif").write_text("x")
@@ -329,7 +331,7 @@ def test_bad_inputs_are_one_clear_line_and_exit_2(case, work, tmp_path, capsys):
     assert code == 2, err
     assert expect in err, err
     assert "Traceback" not in err
-    if case not in ("unknown_option", "no_command", "bad_place_text"):
+    if case not in ("unknown_option", "no_command", "bad_place_text", "bad_precision"):
         assert err.strip().count("\n") == 0 and err.startswith("topo2vec "), err      # one line, named command
     assert not out.exists() and not fields.partial_dir(out).exists()
 

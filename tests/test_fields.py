@@ -85,6 +85,38 @@ def test_the_optimised_encoder_equals_the_eager_one(model):
     assert fields.fast_encoder(IdEmbedder()) is None                  # not a torch network: eager
 
 
+def test_the_bf16_encoder_is_within_its_tolerance_of_float32_or_falls_back(model, monkeypatch):
+    x = np.random.default_rng(2).random((300, 1, 17, 17), dtype=np.float32)
+    want = model.embed_patches(x)
+    if fields.bf16_supported():
+        got = fields.fast_encoder(model, precision="bf16")(x)
+        rel = np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
+        assert rel.max() <= fields.BF16_TOLERANCE and rel.max() > 1e-5            # bfloat16, not float32
+        cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        assert cos.min() > 0.9999
+    monkeypatch.setattr(fields, "bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="no native bfloat16"):
+        enc = fields.fast_encoder(model, precision="bf16")
+    np.testing.assert_allclose(enc(x), want, atol=1e-5, rtol=1e-5)                 # float32 there
+    with pytest.raises(ValueError, match="--precision 'fp8' must be one of float32, bf16"):
+        fields.fast_encoder(model, precision="fp8")
+
+
+def test_a_bf16_field_records_its_precision_and_is_close_to_float32(model, tmp_path):
+    kw = dict(res_m=30, stride_m=60, dtype="float32", tile=32)
+    a = fields.open_field(fields.embed_field(REAL_DEM, model, out=tmp_path / "f32.zarr", **kw))
+    b = fields.open_field(fields.embed_field(REAL_DEM, model, out=tmp_path / "bf16.zarr", precision="bf16", **kw))
+    assert a.attrs["precision"] == "float32"
+    assert b.attrs["precision"] == ("bf16" if fields.bf16_supported() else "float32")
+    va, vb = a["embedding"].values, b["embedding"].values
+    assert np.array_equal(np.isnan(va), np.isnan(vb)) and np.isfinite(va).all(axis=2).sum() > 1000
+    ok = np.isfinite(va).all(axis=2)
+    rel = np.linalg.norm(vb[ok] - va[ok], axis=1) / np.linalg.norm(va[ok], axis=1)
+    assert rel.max() <= fields.BF16_TOLERANCE
+    with pytest.raises(ValueError, match="--precision"):
+        fields.embed_field(REAL_DEM, model, out=tmp_path / "x.zarr", precision="half", **kw)
+
+
 def test_overview_cells_are_nan_aware_block_means():
     a = np.random.default_rng(0).random((5, 7, 3)).astype(np.float32)
     a[0, :] = np.nan
