@@ -883,11 +883,11 @@ def int8_scaling(meta: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _write_cog(store: Path, out: Path, meta: dict, grid: FieldGrid, dtype: str, factors: list[int]) -> None:
-    """The working store -> GeoTIFFs of the full field and of each overview (row blocks: bounded memory) -> a VRT
-    that declares them as one dataset with overviews -> a COG (GDAL's COG driver, which keeps these overviews
-    instead of computing its own: that took 100 s for a 128-band 2.8M-cell field, these cost one pass)."""
-    import html
-
+    """The working store -> an uncompressed GeoTIFF of the full field carrying the metadata, band names and (int8)
+    scales, with its overviews as GDAL's external overview chain (``full.tif.ovr`` the factor 2 level,
+    ``full.tif.ovr.ovr`` factor 4, ...; row blocks: bounded memory) -> a COG (GDAL's COG driver, which keeps these
+    overviews instead of computing its own: that took 100 s for a 128-band 2.8M-cell field, these cost one pass).
+    No VRT between them: reading 128 VRT bands cost 10x the plain copy (5.3 s vs 0.5 s for 590k cells)."""
     import rasterio
     import zarr
     from rasterio.shutil import copy as rio_copy
@@ -897,15 +897,14 @@ def _write_cog(store: Path, out: Path, meta: dict, grid: FieldGrid, dtype: str, 
     if dtype == "int8":
         scale, offset = int8_scaling(meta)
         meta["scale"], meta["offset"] = scale.tolist(), offset.tolist()
-    gdal_type = "Int8" if dtype == "int8" else "Float32"
     nodata = INT8_NODATA if dtype == "int8" else float("nan")
 
-    def stage(name: str, path: Path, transform) -> tuple[int, int]:
+    def stage(name: str, path: Path, transform, describe: bool) -> None:
         arr = zarr.open_array(store / name, mode="r")
         ny, nx = arr.shape[1:]
         profile = dict(driver="GTiff", width=nx, height=ny, count=dim, crs=grid.crs, transform=transform,
                        tiled=True, blockxsize=COG_BLOCK, blockysize=COG_BLOCK, interleave="band", nodata=nodata,
-                       dtype=gdal_type.lower(), BIGTIFF="IF_SAFER")
+                       dtype="int8" if dtype == "int8" else "float32", BIGTIFF="IF_SAFER")
         with rasterio.open(path, "w", **profile) as dst:
             step = arr.chunks[1]
             for r0 in range(0, ny, step):
@@ -916,38 +915,27 @@ def _write_cog(store: Path, out: Path, meta: dict, grid: FieldGrid, dtype: str, 
                     q[:, ~ok] = INT8_NODATA
                     block = q.astype(np.int8)
                 dst.write(block, window=Window(0, r0, nx, block.shape[1]))
-        return ny, nx
+            if describe:                                   # the COG driver copies these from its source
+                dst.update_tags(**{TAG: json.dumps(meta)})
+                for b in range(dim):
+                    dst.set_band_description(b + 1, f"e{b:03d}")
+                if dtype == "int8":
+                    dst.scales, dst.offsets = tuple(meta["scale"]), tuple(meta["offset"])
 
     with atomic_path(out) as final:
-        work = final.parent
-        stage("embedding", work / "full.tif", grid.transform)
-        for f in factors:
-            stage(f"overview_{f}", work / f"overview_{f}.tif", grid.transform * grid.transform.scale(f, f))
-        t = grid.transform
-        bands = []
-        for b in range(1, dim + 1):
-            extra = ""
-            if dtype == "int8":
-                extra = f"<Scale>{meta['scale'][b - 1]!r}</Scale><Offset>{meta['offset'][b - 1]!r}</Offset>"
-            ovr = "".join(f'<Overview><SourceFilename relativeToVRT="1">overview_{f}.tif</SourceFilename>'
-                          f"<SourceBand>{b}</SourceBand></Overview>" for f in factors)
-            bands.append(f'<VRTRasterBand dataType="{gdal_type}" band="{b}"><Description>e{b - 1:03d}</Description>'
-                         f"<NoDataValue>{'nan' if dtype != 'int8' else INT8_NODATA}</NoDataValue>{extra}"
-                         f'<SimpleSource><SourceFilename relativeToVRT="1">full.tif</SourceFilename>'
-                         f"<SourceBand>{b}</SourceBand></SimpleSource>{ovr}</VRTRasterBand>")
-        vrt = (f'<VRTDataset rasterXSize="{grid.nx}" rasterYSize="{grid.ny}">'
-               f"<SRS>{html.escape(_wkt(grid.crs))}</SRS>"
-               f"<GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"
-               f'<Metadata><MDI key="{TAG}">{html.escape(json.dumps(meta))}</MDI></Metadata>'
-               + "".join(bands) + "</VRTDataset>")
-        (work / "field.vrt").write_text(vrt)
+        full = final.parent / "full.tif"
+        stage("embedding", full, grid.transform, describe=True)
+        level = full
+        for f in factors:                                  # GDAL opens <file>.ovr as <file>'s overviews, recursively
+            level = level.with_name(level.name + ".ovr")
+            stage(f"overview_{f}", level, grid.transform * grid.transform.scale(f, f), describe=False)
         opts = dict(driver="COG", COMPRESS="ZSTD", LEVEL=1, BLOCKSIZE=COG_BLOCK, BIGTIFF="IF_SAFER",
                     NUM_THREADS="ALL_CPUS", OVERVIEWS="FORCE_USE_EXISTING" if factors else "NONE")
         if dtype == "float16":
             opts["NBITS"] = 16
         if dtype != "int8":
             opts["PREDICTOR"] = "FLOATING_POINT"
-        rio_copy(work / "field.vrt", final, **opts)
+        rio_copy(full, final, **opts)
 
 
 # ------------------------------------------------------------------------------------------------ reading
