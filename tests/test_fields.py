@@ -117,6 +117,18 @@ def test_a_bf16_field_records_its_precision_and_is_close_to_float32(model, tmp_p
         fields.embed_field(REAL_DEM, model, out=tmp_path / "x.zarr", precision="half", **kw)
 
 
+def test_a_tile_beyond_the_float16_range_is_refused_and_stats_skip_nan_cells(tmp_path):
+    grid = fields.FieldGrid(crs="EPSG:32632", res_m=30, stride_m=60, x0=0, y0=0, nx=8, ny=8, coarsest_m=30)
+    fields._create_store(tmp_path / "s.zarr", grid, 3, 8, "float16", {}, [2])
+    vec = np.arange(8 * 8 * 3, dtype=np.float32).reshape(8, 8, 3)
+    vec[0, 0] = np.nan
+    stats = fields._write_chunk(tmp_path / "s.zarr", slice(0, 8), slice(0, 8), vec, "float16", [2])
+    assert stats["valid"] == 63 and stats["min"] == [3.0, 4.0, 5.0] and stats["max"] == [189.0, 190.0, 191.0]
+    vec[3, 4, 1] = -7e4
+    with pytest.raises(ValueError, match="exceed the float16 range"):
+        fields._write_chunk(tmp_path / "s.zarr", slice(0, 8), slice(0, 8), vec, "float16", [2])
+
+
 def test_overview_cells_are_nan_aware_block_means():
     a = np.random.default_rng(0).random((5, 7, 3)).astype(np.float32)
     a[0, :] = np.nan

@@ -692,11 +692,15 @@ def _write_chunk(store: Path, rows: slice, cols: slice, vec: np.ndarray, dtype: 
 
     arr = zarr.open_array(store / "embedding", mode="r+")
     t = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32))
+    flat = t.reshape(-1, t.shape[2])
+    v = flat[torch.isfinite(flat[:, 0])]                 # a cell's vector is all finite or all NaN
+    n = int(v.shape[0])
+    lo, hi = (v.amin(0), v.amax(0)) if n else (None, None)
     tdtype = torch.float32 if arr.dtype == np.float32 else torch.float16
-    data = t.to(tdtype)
-    if tdtype == torch.float16 and bool((torch.isfinite(t) & ~torch.isfinite(data)).any()):
+    if tdtype == torch.float16 and n and max(-float(lo.min()), float(hi.max())) > 65504:   # type: ignore[union-attr]
         raise ValueError(f"embedding values up to {float(np.nanmax(np.abs(vec))):g} exceed the float16 range "
                          "(65504); use --dtype float32")
+    data = t.to(tdtype)
     if factors is None:
         arr[rows, cols, :] = data.numpy()
     else:                                   # band-major working store of a GeoTIFF output
@@ -708,12 +712,8 @@ def _write_chunk(store: Path, rows: slice, cols: slice, vec: np.ndarray, dtype: 
             r0, c0 = rows.start // f, cols.start // f
             ovr[:, r0:r0 + level.shape[0], c0:c0 + level.shape[1]] = \
                 torch.from_numpy(level).to(tdtype).permute(2, 0, 1).contiguous().numpy()
-    flat = t.reshape(-1, t.shape[2])
-    valid = torch.isfinite(flat[:, 0])
-    n = int(valid.sum())
-    v = flat[valid]
     return {"rows": [rows.start, rows.stop], "cols": [cols.start, cols.stop], "valid": n,
-            "min": v.amin(0).tolist() if n else None, "max": v.amax(0).tolist() if n else None}
+            "min": lo.tolist() if n else None, "max": hi.tolist() if n else None}   # type: ignore[union-attr]
 
 
 def embed_field(dem: str | os.PathLike | Dem, embedder: Embedder, *, res_m: float | None = None,
