@@ -37,7 +37,7 @@ bench: setup
 	# the scale benchmark keeps sizes measured before (big ones run once): benchmarks/scale.py --sizes 352 paper
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/scale.py
 
-# Issue 15's ablation families (notebooks/ablations.py; params.yaml `ablations`): SIZE=full (about 70 min alone on the
+# Issue 15's ablation families (notebooks/ablations.py; params.yaml `ablations`): SIZE=full (about 75-80 min alone on the
 # 2-core machine; the notebook prints its estimate first) or SIZE=tiny (two points per family, minutes). Not part
 # of `dvc repro`; trained models and probe results are cached in models/ablations/, so a re-run does only what is new.
 SIZE ?= full
