@@ -414,10 +414,14 @@ def bf16_supported() -> bool:
         return False
 
 
-def check_precision(precision: str) -> str:
-    """``precision`` itself when it is one of :data:`PRECISIONS`, else a ValueError naming the choices."""
+def resolve_precision(precision: str) -> str:
+    """The precision that will run: a ValueError unless ``precision`` is one of :data:`PRECISIONS`; ``"bf16"`` on
+    a CPU without native bfloat16 (:func:`bf16_supported`) warns and gives ``"float32"`` (faster there)."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision!r} must be one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and not bf16_supported():
+        warnings.warn("this CPU has no native bfloat16 (AVX-512 BF16 or AMX): encoding in float32", stacklevel=3)
+        return "float32"
     return precision
 
 
@@ -442,13 +446,10 @@ def fast_encoder(embedder: Embedder, check_batch: int = 256,
 
     from topo2vec_lib.models.embedder import TorchEmbedder
 
-    check_precision(precision)
+    precision = resolve_precision(precision)
     if not isinstance(embedder, TorchEmbedder) or embedder.device.type != "cpu" \
             or type(embedder).embed_patches is not TorchEmbedder.embed_patches:
         return None
-    if precision == "bf16" and not bf16_supported():
-        warnings.warn("this CPU has no native bfloat16 (AVX-512 BF16 or AMX): encoding in float32", stacklevel=2)
-        precision = "float32"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     try:
         emb = copy.deepcopy(embedder)
@@ -697,9 +698,9 @@ def _write_chunk(store: Path, rows: slice, cols: slice, vec: np.ndarray, dtype: 
     flat = t.reshape(-1, t.shape[2])
     v = flat[torch.isfinite(flat[:, 0])]                 # a cell's vector is all finite or all NaN
     n = int(v.shape[0])
-    lo, hi = (v.amin(0), v.amax(0)) if n else (None, None)
+    lo, hi = (v.amin(0).tolist(), v.amax(0).tolist()) if n else (None, None)
     tdtype = torch.float32 if arr.dtype == np.float32 else torch.float16
-    if tdtype == torch.float16 and n and max(-float(lo.min()), float(hi.max())) > 65504:   # type: ignore[union-attr]
+    if tdtype == torch.float16 and lo is not None and hi is not None and max(-min(lo), max(hi)) > 65504:
         raise ValueError(f"embedding values up to {float(np.nanmax(np.abs(vec))):g} exceed the float16 range "
                          "(65504); use --dtype float32")
     data = t.to(tdtype)
@@ -715,7 +716,7 @@ def _write_chunk(store: Path, rows: slice, cols: slice, vec: np.ndarray, dtype: 
             ovr[:, r0:r0 + level.shape[0], c0:c0 + level.shape[1]] = \
                 torch.from_numpy(level).to(tdtype).permute(2, 0, 1).contiguous().numpy()
     return {"rows": [rows.start, rows.stop], "cols": [cols.start, cols.stop], "valid": n,
-            "min": lo.tolist() if n else None, "max": hi.tolist() if n else None}   # type: ignore[union-attr]
+            "min": lo, "max": hi}
 
 
 def embed_field(dem: str | os.PathLike | Dem, embedder: Embedder, *, res_m: float | None = None,
@@ -753,12 +754,12 @@ def embed_field(dem: str | os.PathLike | Dem, embedder: Embedder, *, res_m: floa
     for name, v, low in (("tile", tile, 1), ("workers", workers, 1), ("batch", batch, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             raise ValueError(f"--{name} {v!r} must be an integer >= {low}")
-    check_precision(precision)
+    precision = resolve_precision(precision)
     coarsest = max(float(s) for s in embedder.scales_for(res_m))
     grid = field_grid(dem, res_m, stride_m, crs, coarsest)
     warper = _Warper(dem, grid.crs, grid.res_m)
     fast = optimise and grid.stride_px is not None and _single_scale(embedder, grid.res_m)
-    precision = precision if fast and precision == "bf16" and bf16_supported() else "float32"
+    precision = precision if fast else "float32"          # the eager encoder runs float32
     meta = {"format": FIELD_FORMAT, "version": FIELD_VERSION, **model_metadata(embedder, res_m, checkpoint),
             "stride_m": grid.stride_m, "size": grid.size, "crs_wkt": _wkt(grid.crs), "resampling": warper.resampling,
             "dtype": dtype, "precision": precision, "grid": grid.describe(),
