@@ -142,11 +142,11 @@ print(json.dumps({{"wall_s": wall, "places": int(ds.sizes["y"] * ds.sizes["x"])}
 
 def run_encoder(model: Path, n: int) -> dict:
     """The encoder alone on random normalised patches, 2 torch threads: eager (``embed_patches``, as
-    benchmarks/regional.py measured it) and the optimised copies the command uses (``fields.fast_encoder``,
+    benchmarks/regional.py measured it) and the optimised copies the command uses (``inference.fast_encoder``,
     float32 and bf16)."""
     code = f"""
 import json, time, numpy as np, torch
-from topo2vec_lib.fields import fast_encoder
+from topo2vec_lib.inference import fast_encoder
 from topo2vec_lib.models import load_embedder
 m = load_embedder({str(model)!r})
 x = np.random.default_rng(0).random((8192, 1, 17, 17), dtype=np.float32)

@@ -85,8 +85,9 @@ def test_embed_search_map_info_end_to_end(work, capsys):
 
     with rasterio.open(field_tif) as src:
         assert src.count == 128 and src.descriptions[0] == "e000" and src.nodata != src.nodata   # NaN
-        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert src.tags(1, ns="IMAGE_STRUCTURE").get("NBITS") == "16"
+        assert src.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE") == "BAND"
+    assert fields.cog_layout_errors(field_tif) == []
     # a cell equals the library's embedding of its place (the same grid), to float16 precision
     v = ds["embedding"].values
     rows, cols = np.nonzero(np.isfinite(v).all(axis=2))

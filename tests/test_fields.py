@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from topo2vec_lib import fields
+from topo2vec_lib import fields, inference
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DEM = REPO / "tests" / "data" / "real" / "glo30_N34W119_san_gabriel_256.tif"   # EPSG:4326
@@ -76,30 +76,30 @@ def test_the_field_equals_the_sampler_on_the_same_pixels(model, tmp_path):
 
 
 def test_the_optimised_encoder_equals_the_eager_one(model):
-    enc = fields.fast_encoder(model)
+    enc = inference.fast_encoder(model)
     assert enc is not None
     x = np.random.default_rng(1).random((777, 1, 17, 17), dtype=np.float32)
     np.testing.assert_allclose(enc(x), model.embed_patches(x), atol=1e-5, rtol=1e-5)
     from topo2vec_lib.models.identity import IdEmbedder
 
-    assert fields.fast_encoder(IdEmbedder()) is None                  # not a torch network: eager
+    assert inference.fast_encoder(IdEmbedder()) is None                  # not a torch network: eager
 
 
 def test_the_bf16_encoder_is_within_its_tolerance_of_float32_or_falls_back(model, monkeypatch):
     x = np.random.default_rng(2).random((300, 1, 17, 17), dtype=np.float32)
     want = model.embed_patches(x)
-    if fields.bf16_supported():
-        got = fields.fast_encoder(model, precision="bf16")(x)
+    if inference.bf16_supported():
+        got = inference.fast_encoder(model, precision="bf16")(x)
         rel = np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
-        assert rel.max() <= fields.BF16_TOLERANCE and rel.max() > 1e-5            # bfloat16, not float32
+        assert rel.max() <= inference.BF16_TOLERANCE and rel.max() > 1e-5            # bfloat16, not float32
         cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         assert cos.min() > 0.9999
-    monkeypatch.setattr(fields, "bf16_supported", lambda: False)
+    monkeypatch.setattr(inference, "bf16_supported", lambda: False)
     with pytest.warns(UserWarning, match="no native bfloat16"):
-        enc = fields.fast_encoder(model, precision="bf16")
+        enc = inference.fast_encoder(model, precision="bf16")
     np.testing.assert_allclose(enc(x), want, atol=1e-5, rtol=1e-5)                 # float32 there
     with pytest.raises(ValueError, match="--precision 'fp8' must be one of float32, bf16"):
-        fields.fast_encoder(model, precision="fp8")
+        inference.fast_encoder(model, precision="fp8")
 
 
 def test_a_bf16_field_records_its_precision_and_is_close_to_float32(model, tmp_path):
@@ -107,12 +107,12 @@ def test_a_bf16_field_records_its_precision_and_is_close_to_float32(model, tmp_p
     a = fields.open_field(fields.embed_field(REAL_DEM, model, out=tmp_path / "f32.zarr", **kw))
     b = fields.open_field(fields.embed_field(REAL_DEM, model, out=tmp_path / "bf16.zarr", precision="bf16", **kw))
     assert a.attrs["precision"] == "float32"
-    assert b.attrs["precision"] == ("bf16" if fields.bf16_supported() else "float32")
+    assert b.attrs["precision"] == ("bf16" if inference.bf16_supported() else "float32")
     va, vb = a["embedding"].values, b["embedding"].values
     assert np.array_equal(np.isnan(va), np.isnan(vb)) and np.isfinite(va).all(axis=2).sum() > 1000
     ok = np.isfinite(va).all(axis=2)
     rel = np.linalg.norm(vb[ok] - va[ok], axis=1) / np.linalg.norm(va[ok], axis=1)
-    assert rel.max() <= fields.BF16_TOLERANCE
+    assert rel.max() <= inference.BF16_TOLERANCE
     with pytest.raises(ValueError, match="--precision"):
         fields.embed_field(REAL_DEM, model, out=tmp_path / "x.zarr", precision="half", **kw)
 
@@ -151,13 +151,43 @@ def test_cog_overviews_are_the_tiles_block_means(model, tmp_path, monkeypatch):
     out = fields.embed_field(REAL_DEM, model, res_m=30, stride_m=30, out=tmp_path / "f.tif", dtype="float32",
                              tile=64)
     with rasterio.open(out) as src:
-        assert src.overviews(1) == [2] and src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.overviews(1) == [2]
         full = src.read(5)
         ovr = src.read(5, out_shape=(-(-src.height // 2), -(-src.width // 2)))
     p = np.pad(full, ((0, full.shape[0] % 2), (0, full.shape[1] % 2)), constant_values=np.nan)
     ref = np.nanmean(p.reshape(p.shape[0] // 2, 2, p.shape[1] // 2, 2).transpose(0, 2, 1, 3)
                      .reshape(p.shape[0] // 2, p.shape[1] // 2, 4), axis=2)
     np.testing.assert_allclose(ovr, ref, atol=1e-5)
+    assert fields.cog_layout_errors(out) == []
+
+
+def test_the_cog_check_follows_gdals_rules(tmp_path):
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.shutil import copy as rio_copy
+
+    profile = dict(driver="GTiff", width=1100, height=700, count=3, dtype="float32", crs="EPSG:32632",
+                   transform=rasterio.transform.from_origin(0, 7e5, 30, 30))
+    data = np.random.default_rng(0).random((3, 700, 1100), dtype=np.float32)
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(plain, "w", **profile) as dst:                  # strips, no overviews
+        dst.write(data)
+    assert any("not tiled" in e for e in fields.cog_layout_errors(plain))
+    late = tmp_path / "late.tif"                                       # overviews added after the data
+    with rasterio.open(late, "w", tiled=True, blockxsize=256, blockysize=256, **profile) as dst:
+        dst.write(data)
+    with rasterio.open(late, "r+") as dst:
+        dst.build_overviews([2, 4], Resampling.average)
+    assert any("must come last" in e or "not all before" in e for e in fields.cog_layout_errors(late))
+    external = tmp_path / "external.tif"
+    rio_copy(plain, external, driver="GTiff", TILED="YES")
+    half = dict(profile, width=550, height=350, transform=profile["transform"] * profile["transform"].scale(2, 2))
+    with rasterio.open(tmp_path / "external.tif.ovr", "w", **half) as dst:     # GDAL's external overview file
+        dst.write(data[:, ::2, ::2])
+    assert any("external .ovr" in e for e in fields.cog_layout_errors(external))
+    cog = tmp_path / "cog.tif"                                         # GDAL's own COG driver: a COG
+    rio_copy(plain, cog, driver="COG", COMPRESS="ZSTD")
+    assert fields.cog_layout_errors(cog) == []
 
 
 def test_sentinels_are_masked_before_resampling(model, tmp_path):

@@ -294,7 +294,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``topo2vec`` argument parser (one subparser per command)."""
     from topo2vec_lib import __version__
-    from topo2vec_lib.fields import DEFAULT_BATCH, DEFAULT_TILE, DTYPES, PRECISIONS
+    from topo2vec_lib.fields import DEFAULT_BATCH, DEFAULT_TILE, DTYPES
+    from topo2vec_lib.inference import PRECISIONS
 
     ap = argparse.ArgumentParser(prog="topo2vec", description="Topography embeddings of any DEM: embedding fields, "
                                  "similarity search, maps, model cards.",

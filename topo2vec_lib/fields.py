@@ -36,9 +36,10 @@ atomically, and the partial folder removed.
 
 **Outputs.**
 
-- ``*.tif``: a Cloud-Optimized GeoTIFF, one band per embedding dimension (``e000``, ``e001``, ...), pixel
-  interleaved (a cell's vector is contiguous), 256 x 256 blocks, ZSTD, overviews (``AVERAGE``: the mean vector
-  of the cells below). ``dtype``: ``float16`` (default; GDAL ``NBITS=16`` half floats, read as float32, NaN =
+- ``*.tif``: a Cloud-Optimized GeoTIFF, one band per embedding dimension (``e000``, ``e001``, ...), band
+  interleaved (GDAL writes 128 bands 3x faster so, and reads them as fast; :func:`_write_cog`), 256 x 256 blocks,
+  ZSTD, overviews (``AVERAGE``: the mean vector of the cells below); :func:`cog_layout_errors` checks the layout.
+  ``dtype``: ``float16`` (default; GDAL ``NBITS=16`` half floats, read as float32, NaN =
   no embedding), ``float32``, or ``int8``: ``value = offset[b] + scale[b] * q`` with ``q`` in -127..127, ``scale
   = (max - min) / 254`` and ``offset = (max + min) / 2`` of band ``b`` over the field (GDAL's per-band scale
   and offset, which GDAL/rasterio/QGIS apply), ``q = -128`` = no embedding; the error is at most ``scale / 2``.
@@ -73,6 +74,7 @@ import numpy as np
 import xarray as xr
 
 from topo2vec_lib.grid import LONLAT, check_crs, transformer, xy_to_lonlat
+from topo2vec_lib.inference import fast_encoder, resolve_precision
 from topo2vec_lib.models.embedder import PATCH_SIZE, Embedder
 from topo2vec_lib.sampler import normalize
 from topo2vec_lib.storage import atomic_path, write_json
@@ -381,15 +383,6 @@ def _single_scale(embedder: Embedder, res_m: float) -> bool:
             and [float(s) for s in embedder.scales_for(res_m)] == [float(res_m)])
 
 
-INFER_BATCH = 512           # patches per call of the optimised encoder (the fastest of 256..4096 measured)
-PRECISIONS = ("float32", "bf16")
-BF16_TOLERANCE = 0.1
-"""``precision="bf16"``: the largest relative L2 error ``|v_bf16 - v| / |v|`` of a vector allowed against the
-float32 encoder on the check batch of random patches. bfloat16 keeps 8 significant bits (0.4 % per value); a trained
-encoder accumulates that to a few %: measured for a trained topo2vec-4 on real patches 1.4 % median, 2.4 % max,
-cosine >= 0.9997 (random patches 2.3 % median, 5.2 % max); a float16 field's storage alone adds ~0.05 %."""
-
-
 class _Encoder:
     """``(n, 17, 17)`` normalised patches -> ``(n, D)`` float32 through the embedder's ``embed_patches``, or, for a
     torch embedder on the CPU, through a frozen TorchScript copy of its network (:func:`fast_encoder`)."""
@@ -402,107 +395,6 @@ class _Encoder:
         if self.fast is None:
             return self.embedder.embed_patches(x)
         return self.fast(x)
-
-
-def bf16_supported() -> bool:
-    """The CPU computes bfloat16 natively (AVX-512 BF16 or AMX, as oneDNN reports): ``precision="bf16"`` pays."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str) -> str:
-    """The precision that will run: a ValueError unless ``precision`` is one of :data:`PRECISIONS`; ``"bf16"`` on
-    a CPU without native bfloat16 (:func:`bf16_supported`) warns and gives ``"float32"`` (faster there)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision {precision!r} must be one of {', '.join(PRECISIONS)}")
-    if precision == "bf16" and not bf16_supported():
-        warnings.warn("this CPU has no native bfloat16 (AVX-512 BF16 or AMX): encoding in float32", stacklevel=3)
-        return "float32"
-    return precision
-
-
-def fast_encoder(embedder: Embedder, check_batch: int = 256,
-                 precision: str = "float32") -> Callable[[np.ndarray], np.ndarray] | None:
-    """A faster ``embed_patches`` for torch embedders on the CPU, or None where it does not apply or fails.
-
-    The network is copied to the contiguous memory format and traced, frozen and optimised for inference by
-    TorchScript (``torch.jit.freeze`` + ``optimize_for_inference``: BatchNorm folded into the convolutions, oneDNN
-    convolutions with fused ReLU): measured 1.7-2x the patches per CPU-second of the eager channels-last encoder
-    (``benchmarks/results/embed_field.json``). ``precision="float32"``: the result equals eager's up to float
-    rounding (checked here on ``check_batch`` random patches: at most 1e-4 relative, else None with a warning).
-    ``precision="bf16"``: weights and activations in bfloat16 (oneDNN's AMX / AVX-512 BF16 kernels; about 2.5x
-    float32 on one core of this machine), vectors returned as float32; checked against eager float32 to
-    :data:`BF16_TOLERANCE` relative error per vector (else float32 with a warning); on a CPU without native
-    bfloat16 (:func:`bf16_supported`) it warns and runs float32, which is faster there. ``torch.jit`` is
-    deprecated in torch 2.13 but works; if a later torch drops it, this returns None and eager runs.
-    """
-    import copy
-
-    import torch
-
-    from topo2vec_lib.models.embedder import TorchEmbedder
-
-    precision = resolve_precision(precision)
-    if not isinstance(embedder, TorchEmbedder) or embedder.device.type != "cpu" \
-            or type(embedder).embed_patches is not TorchEmbedder.embed_patches:
-        return None
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    try:
-        emb = copy.deepcopy(embedder)
-        # float32 runs fastest from contiguous weights, bfloat16 from channels-last ones (1.5-2.6x float32 measured;
-        # contiguous bfloat16 weights were slower than float32)
-        fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
-        emb.net.to(memory_format=fmt)   # type: ignore[call-overload]
-        emb.net.to(dtype)
-        emb.net.eval()
-
-        class _NetEmbed(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = emb.net
-
-            def forward(self, x):
-                return emb.net_embed(x)
-
-        rng = np.random.default_rng(0)
-        probe = rng.random((check_batch, 1, PATCH_SIZE, PATCH_SIZE), dtype=np.float32)
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")
-            wrapper = _NetEmbed().eval()
-            traced = torch.jit.trace(wrapper, torch.from_numpy(probe).to(dtype))
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-            got = frozen(torch.from_numpy(probe).to(dtype)).float().numpy()
-        want = embedder.embed_patches(probe)
-        if precision == "bf16":
-            norm = np.maximum(np.linalg.norm(want, axis=1), 1e-12)
-            err = float(np.max(np.linalg.norm(got - want, axis=1) / norm))
-            ok = err <= BF16_TOLERANCE
-        else:
-            err = float(np.max(np.abs(got - want)))
-            ok = err <= 1e-4 * max(1.0, float(np.max(np.abs(want))))
-        if not ok:
-            warnings.warn(f"the optimised {precision} encoder differs from {embedder.name}'s by {err:g}; using the "
-                          "eager float32 one", stacklevel=2)
-            return None
-    except Exception as err:  # noqa: BLE001 (any TorchScript failure: the eager encoder is always right)
-        warnings.warn(f"no optimised encoder for {embedder.name} ({type(err).__name__}: {str(err)[:200]}); using the "
-                      "eager one", stacklevel=2)
-        return None
-    dim = int(embedder.dim)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 1, PATCH_SIZE, PATCH_SIZE)
-        out = np.empty((len(a), dim), dtype=np.float32)
-        with torch.inference_mode():
-            for s in range(0, len(a), INFER_BATCH):
-                out[s:s + INFER_BATCH] = frozen(torch.from_numpy(a[s:s + INFER_BATCH]).to(dtype)).float().numpy()
-        return out
-
-    return run
 
 
 def _embed_normalised(encoder: _Encoder, raw: np.ndarray) -> np.ndarray:
@@ -888,9 +780,16 @@ def int8_scaling(meta: dict) -> tuple[np.ndarray, np.ndarray]:
 def _write_cog(store: Path, out: Path, meta: dict, grid: FieldGrid, dtype: str, factors: list[int]) -> None:
     """The working store -> an uncompressed GeoTIFF of the full field carrying the metadata, band names and (int8)
     scales, with its overviews as GDAL's external overview chain (``full.tif.ovr`` the factor 2 level,
-    ``full.tif.ovr.ovr`` factor 4, ...; row blocks: bounded memory) -> a COG (GDAL's COG driver, which keeps these
-    overviews instead of computing its own: that took 100 s for a 128-band 2.8M-cell field, these cost one pass).
-    No VRT between them: reading 128 VRT bands cost 10x the plain copy (5.3 s vs 0.5 s for 590k cells)."""
+    ``full.tif.ovr.ovr`` factor 4, ...; row blocks: bounded memory) -> a band-interleaved COG: GDAL's GTiff driver
+    with ``COPY_SRC_OVERVIEWS=YES`` (the way COGs were made before GDAL's COG driver, with the same layout: IFDs
+    first, then the overviews' blocks smallest first, the full resolution last; :func:`cog_layout_errors`), which
+    keeps these overviews instead of computing its own (that took 100 s for a 128-band 2.8M-cell field).
+
+    Band-interleaved because GDAL 3.10's COG driver only writes pixel-interleaved files and interleaving 128 bands
+    is its bottleneck: for the 2.8M-cell float16 field of ``benchmarks/embed_field.py`` the copy took 24 s
+    pixel-interleaved (one core busy interleaving) and 8 s band-interleaved, whose file is also smaller (409 vs
+    ~500 MiB) and as fast to read (whole rows 2.4 vs 3.0 s). No VRT between the
+    stages: reading 128 VRT bands cost 10x the plain copy (5.3 s vs 0.5 s for 590k cells)."""
     import rasterio
     import zarr
     from rasterio.shutil import copy as rio_copy
@@ -918,7 +817,7 @@ def _write_cog(store: Path, out: Path, meta: dict, grid: FieldGrid, dtype: str, 
                     q[:, ~ok] = INT8_NODATA
                     block = q.astype(np.int8)
                 dst.write(block, window=Window(0, r0, nx, block.shape[1]))
-            if describe:                                   # the COG driver copies these from its source
+            if describe:                                   # CreateCopy copies these from its source
                 dst.update_tags(**{TAG: json.dumps(meta)})
                 for b in range(dim):
                     dst.set_band_description(b + 1, f"e{b:03d}")
@@ -932,13 +831,53 @@ def _write_cog(store: Path, out: Path, meta: dict, grid: FieldGrid, dtype: str, 
         for f in factors:                                  # GDAL opens <file>.ovr as <file>'s overviews, recursively
             level = level.with_name(level.name + ".ovr")
             stage(f"overview_{f}", level, grid.transform * grid.transform.scale(f, f), describe=False)
-        opts = dict(driver="COG", COMPRESS="ZSTD", LEVEL=1, BLOCKSIZE=COG_BLOCK, BIGTIFF="IF_SAFER",
-                    NUM_THREADS="ALL_CPUS", OVERVIEWS="FORCE_USE_EXISTING" if factors else "NONE")
+        opts = dict(driver="GTiff", TILED="YES", BLOCKXSIZE=COG_BLOCK, BLOCKYSIZE=COG_BLOCK, INTERLEAVE="BAND",
+                    COMPRESS="ZSTD", ZSTD_LEVEL=1, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
+                    COPY_SRC_OVERVIEWS="YES" if factors else "NO")
         if dtype == "float16":
-            opts["NBITS"] = 16
-        if dtype != "int8":
-            opts["PREDICTOR"] = "FLOATING_POINT"
+            opts["NBITS"] = 16                             # no predictor: GDAL's floating-point one on half floats
+        elif dtype == "float32":                           # cost 45 % more time for a 3 % larger file
+            opts["PREDICTOR"] = 3                          # floating point: 11 % smaller, as fast
         rio_copy(full, final, **opts)
+
+
+def cog_layout_errors(path: str | os.PathLike) -> list[str]:
+    """What keeps the GeoTIFF ``path`` from being a Cloud-Optimized GeoTIFF, by the rules of GDAL's
+    ``validate_cloud_optimized_geotiff.py`` (empty list: it is one): tiled; overviews internal; the main IFD at
+    the start of the file (offset 8 or 16, or right after GDAL's structural-metadata header) and every IFD before
+    the image data; each overview's first block after the next smaller overview's, the full resolution's last."""
+    import rasterio
+
+    errors: list[str] = []
+    with rasterio.open(path) as ds:
+        if ds.driver != "GTiff":
+            return [f"{path} is a {ds.driver} file, not a GeoTIFF"]
+        if any(Path(f).name.endswith(".ovr") for f in ds.files):
+            errors.append("overviews are in an external .ovr file; a COG holds them inside")
+        if max(ds.width, ds.height) > 512 and ds.block_shapes[0][1] == ds.width:
+            errors.append(f"{ds.width} x {ds.height} pixels but not tiled")
+        n_ovr = len(ds.overviews(1))
+
+        def item(key: str, ovr: int | None) -> int:
+            kw = {} if ovr is None else {"ovr": ovr}
+            return int(ds.get_tag_item(key, "TIFF", bidx=1, **kw) or -1)
+
+        levels: list[int | None] = [None, *range(n_ovr)]
+        ifds = [item("IFD_OFFSET", lv) for lv in levels]
+        data = [item("BLOCK_OFFSET_0_0", lv) for lv in levels]
+    with open(path, "rb") as f:
+        head = f.read(64)
+    ghost = b"GDAL_STRUCTURAL_METADATA_SIZE=" in head
+    if ifds[0] not in (8, 16) and not ghost:
+        errors.append(f"the main IFD is at byte {ifds[0]}, not at the start of the file (8 or 16)")
+    if ifds != sorted(ifds) or max(ifds) > min(d for d in data if d > 0):
+        errors.append(f"the IFDs (at bytes {ifds}) are not all before the image data, in order")
+    for i in range(n_ovr - 1, 0, -1):
+        if data[i] <= data[i + 1]:
+            errors.append(f"overview {i - 1}'s data lies before overview {i}'s: the smallest must come first")
+    if n_ovr and data[0] <= max(data[1:]):
+        errors.append("the full resolution's data lies before an overview's: it must come last")
+    return errors
 
 
 # ------------------------------------------------------------------------------------------------ reading
