@@ -215,7 +215,8 @@ def main(argv=None) -> dict:
         e = result["encoder"]
         print(f"encoder alone: eager {e['eager']['patches_per_s']:,.0f}, optimised "
               f"{e['optimised']['patches_per_s']:,.0f}, "
-              f"bf16 traced {e['optimised_bf16_traced']['patches_per_s']:,.0f}, bf16 rewritten {e['optimised_bf16']['patches_per_s']:,.0f} patches/s")
+              f"bf16 traced {e['optimised_bf16_traced']['patches_per_s']:,.0f}, "
+              f"bf16 rewritten {e['optimised_bf16']['patches_per_s']:,.0f} patches/s")
         result["regional"] = run_regional(dem, model, reg_km, tmp_p / "regional.zarr")
         print(f"today's path (geotiff_terrain + embed_region, {reg_km:g} km): "
               f"{result['regional']['places_per_s']:,.0f} places/s")

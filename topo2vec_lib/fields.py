@@ -791,6 +791,7 @@ def _write_cog(store: Path, out: Path, meta: dict, grid: FieldGrid, dtype: str, 
     ~500 MiB) and as fast to read (whole rows 2.4 vs 3.0 s). No VRT between the
     stages: reading 128 VRT bands cost 10x the plain copy (5.3 s vs 0.5 s for 590k cells)."""
     import rasterio
+    import torch
     import zarr
     from rasterio.shutil import copy as rio_copy
     from rasterio.windows import Window
@@ -810,7 +811,8 @@ def _write_cog(store: Path, out: Path, meta: dict, grid: FieldGrid, dtype: str, 
         with rasterio.open(path, "w", **profile) as dst:
             step = arr.chunks[1]
             for r0 in range(0, ny, step):
-                block = np.asarray(arr[:, r0:r0 + step], dtype=np.float32)          # (D, rows, nx)
+                # (D, rows, nx) float32; torch widens half floats 3-4x faster than numpy (0.6 vs 2.3 s for 2.8M cells)
+                block = torch.from_numpy(np.ascontiguousarray(arr[:, r0:r0 + step])).float().numpy()
                 if dtype == "int8":
                     ok = np.isfinite(block).all(axis=0)
                     q = np.clip(np.rint((block - offset[:, None, None]) / scale[:, None, None]), -127, 127)
