@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eager", action="store_true", help="encode with the eager PyTorch model (no TorchScript copy)")
     e.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="encoder arithmetic: float32 (default, equal to the eager model) or bf16 (faster "
-                        "on CPUs with AVX-512 BF16 or AMX; vectors 1-2%% from float32, cosine > 0.999)")
+                        "on CPUs with AVX-512 BF16 or AMX; vectors ~1%% from float32, cosine > 0.999)")
     e.add_argument("--restart", action="store_true", help="discard the finished tiles of an interrupted run")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -625,7 +625,7 @@ def embed_field(dem: str | os.PathLike | Dem, embedder: Embedder, *, res_m: floa
     model file (its path and checksum go in the metadata); ``restart``: discard a partial run; ``overwrite``: replace
     an existing ``out``; ``optimise``: encode with :func:`fast_encoder` when it applies; ``precision``: its
     arithmetic, ``float32`` (default, equal to the eager model) or ``bf16`` (faster on CPUs with native bfloat16,
-    vectors 1-2 % from float32, cosine > 0.999; recorded in the metadata); ``progress``: a tqdm bar (True) or a
+    vectors about 1 % from float32, cosine > 0.999; recorded in the metadata); ``progress``: a tqdm bar (True) or a
     callback given the number of places finished; ``timings``: a dict filled with the seconds of each phase
     (``prepare``, ``tiles``, ``write``). Returns ``out``.
     """
