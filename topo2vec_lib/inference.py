@@ -102,7 +102,7 @@ class InferenceEncoder(nn.Module):
             return lin
 
         enc: Any = encoder                                 # nn.Sequential blocks, indexed below
-        self.pad = copy.deepcopy(enc.inc[0][0])        # ZeroPad2d (stem "paper") or Identity ("reference")
+        self.pad = copy.deepcopy(enc.inc[0][0])            # ZeroPad2d (stem "paper") or Identity ("reference")
         self.stem = nn.ModuleList(fold(b) for b in enc.inc)
         self.middle = nn.ModuleList(fold(b) for down in enc.downs[:-1] for b in down[1])   # pairs of convs
         self.tail = nn.ModuleList(centre(fold(b)) for b in enc.downs[-1][1])
